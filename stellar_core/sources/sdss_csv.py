@@ -1,0 +1,70 @@
+"""SDSS17-format CSV files: local or s3://, plain or gzip."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from pathlib import Path
+
+import pandas as pd
+
+from stellar_core.contract import MJD_COLUMN
+from stellar_core.sources.errors import SourceError
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_bytes(location: str, s3_endpoint_url: str | None = None) -> bytes:
+    """The file's bytes from a local path or an s3:// URL."""
+    if location.startswith("s3://"):
+        import boto3  # only needed for S3 locations
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = location[len("s3://"):].partition("/")
+        try:
+            client = boto3.client("s3", endpoint_url=s3_endpoint_url)
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            raise SourceError(f"cannot read {location}: {exc.response.get('Error', {}).get('Message', exc)}") from exc
+        except BotoCoreError as exc:
+            raise SourceError(f"cannot reach S3 for {location}: {exc}") from exc
+    path = Path(location).expanduser()
+    if not path.exists():
+        raise SourceError(f"SDSS CSV file not found: {path}")
+    return path.read_bytes()
+
+
+def parse_sdss_csv(data: bytes, location: str = "<bytes>") -> pd.DataFrame:
+    """Parse SDSS17 CSV bytes (gzip detected by its magic number, not the file name)."""
+    if not data:
+        raise SourceError(f"{location} is empty (0 bytes): expected an SDSS17 CSV with a header row")
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise SourceError(
+                f"{location} is a truncated or corrupt gzip file ({exc}); download it again"
+            ) from exc
+    try:
+        frame = pd.read_csv(io.BytesIO(data), low_memory=False)
+    except pd.errors.EmptyDataError as exc:
+        raise SourceError(f"{location} holds no CSV header or rows") from exc
+    except pd.errors.ParserError as exc:
+        raise SourceError(f"{location} is not a well-formed CSV: {exc}") from exc
+    if MJD_COLUMN not in frame.columns:
+        raise SourceError(
+            f"{location} has no {MJD_COLUMN!r} column, so its rows cannot be placed in observation weeks; "
+            f"columns found: {list(frame.columns)}"
+        )
+    mjd = pd.to_numeric(frame[MJD_COLUMN], errors="coerce")
+    if mjd.isna().any():
+        bad = frame.loc[mjd.isna(), MJD_COLUMN].head(3).tolist()
+        raise SourceError(f"{location}: {int(mjd.isna().sum())} rows have no numeric {MJD_COLUMN} (e.g. {bad})")
+    frame[MJD_COLUMN] = mjd.astype("int64")
+    return frame
+
+
+def rows_in_mjd_range(frame: pd.DataFrame, first_mjd: int, last_mjd: int) -> pd.DataFrame:
+    mjd = frame[MJD_COLUMN]
+    return frame.loc[(mjd >= first_mjd) & (mjd <= last_mjd)].reset_index(drop=True)
