@@ -1,0 +1,33 @@
+"""Observation weeks as Dagster partitions.
+
+A partition is the week (Sunday 00:00 UTC onwards) in which SDSS took a
+spectrum; stellar_core.weeks maps MJDs to the same keys. The default range is
+SDSS DR17's: 2000-03-05 to the week of MJD 58932 (2020-03-22). The simulator
+and other sources can widen it with STELLAR_FIRST_WEEK / STELLAR_LAST_WEEK.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import dagster as dg
+
+from stellar_core.weeks import DR17_FIRST_WEEK, DR17_LAST_MJD, mjd_to_date, week_start
+
+FIRST_WEEK = os.environ.get("STELLAR_FIRST_WEEK", DR17_FIRST_WEEK.isoformat())
+LAST_WEEK = os.environ.get("STELLAR_LAST_WEEK", week_start(mjd_to_date(DR17_LAST_MJD)).isoformat())
+
+
+def _end_date(last_week: str) -> str:
+    # end_date is exclusive: the week after the last one.
+    return (dt.date.fromisoformat(last_week) + dt.timedelta(days=7)).isoformat()
+
+
+observation_weeks = dg.WeeklyPartitionsDefinition(
+    start_date=FIRST_WEEK,
+    end_date=_end_date(LAST_WEEK),
+    day_offset=0,  # weeks start on Sunday, like stellar_core.weeks
+    timezone="UTC",
+    fmt="%Y-%m-%d",
+)
