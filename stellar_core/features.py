@@ -88,17 +88,20 @@ def invalid_input_mask(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return reasons
 
 
+def drop_reasons(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the first reason it must not reach a model, or None to keep it."""
+    reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    for reason, mask in invalid_input_mask(frame).items():
+        reasons[mask & reasons.isna().to_numpy()] = reason
+    return reasons
+
+
 def clean_observations(raw: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]:
     """Drop rows a model must not see; count each reason (a row counts under its first reason)."""
-    report = CleaningReport(rows_in=len(raw))
-    keep = np.ones(len(raw), dtype=bool)
-    for reason, mask in invalid_input_mask(raw).items():
-        newly = mask & keep
-        if newly.any():
-            report.dropped[reason] = int(newly.sum())
-        keep &= ~mask
-    cleaned = raw.loc[keep]
-    report.rows_out = len(cleaned)
+    reasons = drop_reasons(raw)
+    counts = reasons.dropna().value_counts()
+    cleaned = raw.loc[reasons.isna()]
+    report = CleaningReport(rows_in=len(raw), rows_out=len(cleaned), dropped={str(k): int(v) for k, v in counts.items()})
     return cleaned, report
 
 

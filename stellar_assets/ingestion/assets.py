@@ -1,0 +1,185 @@
+"""Ingestion: raw weekly observations behind a great-expectations gate, then features.
+
+Both assets run a whole range of weeks in one run (BackfillPolicy.single_run),
+so a backfill of every SDSS week reads the source once. The quality suite runs
+before anything is stored: a batch that fails it is never written, so a week
+that was good before keeps its data.
+"""
+
+
+import hashlib
+
+import dagster as dg
+import pandas as pd
+
+from stellar_core.contract import LABEL_COLUMN, MJD_COLUMN
+from stellar_core.features import FEATURE_NAMES, build_features, drop_reasons
+from stellar_core.quality import QualityReport, validate_observations
+from stellar_core.weeks import week_keys_for_mjds
+from stellar_assets.partitions import observation_weeks
+from stellar_assets.resources.sources import ObservationSource
+
+# Each Dagster check covers one family of expectations of the one GX suite.
+QUALITY_CHECKS: dict[str, tuple[str, ...]] = {
+    "schema": ("expect_column_to_exist", "expect_column_values_to_be_in_type_list"),
+    "class_labels": ("expect_column_values_to_be_in_set",),
+    "magnitude_range": ("expect_column_values_to_be_between:mag",),
+    "redshift_range": ("expect_column_values_to_be_between:redshift",),
+    "unique_spec_obj_id": ("expect_column_values_to_be_unique",),
+    "null_share": ("expect_column_values_to_not_be_null",),
+}
+CHECK_DESCRIPTIONS = {
+    "schema": "All 18 SDSS17 columns are present and numeric where they must be.",
+    "class_labels": "class is one of STAR, GALAXY, QSO.",
+    "magnitude_range": "u, g, r, i, z lie in [5, 40] for at least 99% of rows (-9999 is SDSS's no-data sentinel).",
+    "redshift_range": "redshift lies in [-0.1, 10] for at least 99% of rows.",
+    "unique_spec_obj_id": "spec_obj_ID is unique: one row per spectrum (a spreadsheet round trip breaks this).",
+    "null_share": "At most 1% missing values in magnitudes, redshift, class and spec_obj_ID.",
+}
+
+
+def _family(outcome) -> str:
+    if outcome.name == "expect_column_values_to_be_between":
+        return "expect_column_values_to_be_between:" + ("redshift" if outcome.column == "redshift" else "mag")
+    return outcome.name
+
+
+def quality_check_results(report: QualityReport) -> list[dg.AssetCheckResult]:
+    results = []
+    for check_name, families in QUALITY_CHECKS.items():
+        outcomes = [o for o in report.outcomes if _family(o) in families]
+        failed = [o for o in outcomes if not o.success]
+        metadata = {
+            "rows": report.rows,
+            "expectations": len(outcomes),
+            "failed_expectations": len(failed),
+        }
+        if failed:
+            metadata["failures"] = dg.MetadataValue.md(_failures_markdown(failed))
+            metadata["failure_details"] = dg.MetadataValue.json([o.as_dict() for o in failed])
+        flagged = [o for o in outcomes if o.success and o.unexpected_count]
+        if flagged:  # tolerated (mostly=...) but worth seeing: e.g. one -9999 sentinel row
+            metadata["tolerated"] = dg.MetadataValue.json([o.as_dict() for o in flagged])
+        results.append(dg.AssetCheckResult(
+            check_name=check_name, asset_key="raw_observations", passed=not failed,
+            severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+            description=CHECK_DESCRIPTIONS[check_name],
+        ))
+    return results
+
+
+def _failures_markdown(failed) -> str:
+    lines = ["| expectation | column | rows | examples | why |", "|---|---|---|---|---|"]
+    for o in failed:
+        examples = ", ".join(str(e) for e in o.examples[:5])
+        lines.append(f"| {o.name} | {o.column} | {o.unexpected_count} | {examples} | {o.explanation} |")
+    return "\n".join(lines)
+
+
+def _data_hash(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:16]
+
+
+def _week_table(frame: pd.DataFrame) -> pd.Series:
+    if MJD_COLUMN not in frame.columns or frame.empty:
+        return pd.Series([], dtype=str, index=frame.index)
+    return pd.Series(week_keys_for_mjds(frame[MJD_COLUMN].to_numpy()), index=frame.index)
+
+
+def _class_mix(labels: pd.Series) -> dict:
+    counts = labels.value_counts()
+    return {str(k): int(v) for k, v in counts.items()}
+
+
+def _week_metadata(frame: pd.DataFrame, label_column: str, source: str) -> dict:
+    metadata = {
+        "rows": dg.MetadataValue.int(len(frame)),
+        "source": source,
+        "data_hash": _data_hash(frame) if len(frame) else "empty",
+    }
+    if frame.empty:
+        metadata["note"] = "no spectra observed this week (normal: SDSS did not observe every week)"
+        return metadata
+    if label_column in frame.columns:
+        metadata["class_mix"] = dg.MetadataValue.json(_class_mix(frame[label_column]))
+    metadata["preview"] = dg.MetadataValue.md(frame.head(5).to_markdown(index=False))
+    return metadata
+
+
+def _split_by_week(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> dict[str, pd.DataFrame]:
+    groups = {key: group for key, group in frame.groupby(weeks.to_numpy(), sort=False)} if len(frame) else {}
+    empty = frame.iloc[0:0]
+    return {key: groups.get(key, empty).reset_index(drop=True) for key in keys}
+
+
+@dg.asset(
+    partitions_def=observation_weeks,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="ingestion",
+    kinds={"pandas", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="raw_observations", blocking=True, description=CHECK_DESCRIPTIONS[name])
+        for name in QUALITY_CHECKS
+    ],
+    description="SDSS spectra observed in the week, as received from the configured source.",
+)
+def raw_observations(context: dg.AssetExecutionContext, source: ObservationSource):
+    keys = list(context.partition_keys)
+    frame = source.fetch(keys, log=context.log)
+    context.log.info("%s: %d rows for %d week(s) %s..%s", source.describe(), len(frame), len(keys), keys[0], keys[-1])
+
+    report = validate_observations(frame)
+    yield from quality_check_results(report)
+    if not report.success:
+        # Fail before the IO manager writes anything: stored weeks keep their good data.
+        raise dg.Failure(
+            description=f"raw observations from {source.describe()} failed the quality suite; nothing was stored. "
+            + report.summary(),
+            metadata={"failed_expectations": dg.MetadataValue.json([o.as_dict() for o in report.failures])},
+        )
+
+    weeks = _week_table(frame)
+    per_week = _split_by_week(frame, weeks, keys)
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in frame.dtypes.items()])
+    for key, part in per_week.items():
+        metadata = _week_metadata(part, LABEL_COLUMN, source.describe())
+        metadata["dagster/column_schema"] = schema
+        if len(keys) > 1:
+            context.add_asset_metadata(metadata, partition_key=key)
+        else:
+            context.add_output_metadata(metadata)
+    value = per_week if len(keys) > 1 else per_week[keys[0]]
+    yield dg.Output(value)
+
+
+@dg.asset(
+    partitions_def=observation_weeks,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="ingestion",
+    kinds={"pandas", "parquet"},
+    description="Cleaned rows with colour indices and redshift: the feature store for training, "
+    "batch prediction and serving. Survey bookkeeping (IDs, plate, MJD, fibre, position) is not a feature.",
+)
+def observation_features(context: dg.AssetExecutionContext, raw_observations: pd.DataFrame):
+    keys = list(context.partition_keys)
+    table, report = build_features(raw_observations)
+    if report.dropped:
+        context.log.warning("dropped %d of %d rows: %s", report.rows_in - report.rows_out, report.rows_in, report.dropped)
+    per_week = _split_by_week(table, table["week"], keys)
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in table.dtypes.items()])
+    # Count every dropped row against its week, by reason: nothing disappears silently.
+    reasons = drop_reasons(raw_observations)
+    dropped = pd.DataFrame({"week": _week_table(raw_observations), "reason": reasons}).dropna()
+    dropped_by_week = {week: group["reason"].value_counts().to_dict() for week, group in dropped.groupby("week")}
+    for key, part in per_week.items():
+        metadata = _week_metadata(part, "label", "raw_observations")
+        metadata["dagster/column_schema"] = schema
+        metadata["features"] = ", ".join(FEATURE_NAMES)
+        week_dropped = {str(k): int(v) for k, v in dropped_by_week.get(key, {}).items()}
+        metadata["dropped_rows"] = dg.MetadataValue.int(sum(week_dropped.values()))
+        metadata["dropped_by_reason"] = dg.MetadataValue.json(week_dropped)
+        if len(keys) > 1:
+            context.add_asset_metadata(metadata, partition_key=key)
+        else:
+            context.add_output_metadata(metadata)
+    return per_week if len(keys) > 1 else per_week[keys[0]]

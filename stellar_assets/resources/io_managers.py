@@ -1,0 +1,219 @@
+"""Parquet storage of weekly asset partitions: a local folder by default, S3 (MinIO) for a team.
+
+Layout: <root>/<asset key path>/<partition key>.parquet (or .json for small
+non-table values, such as model summaries). A run over a range of weeks hands
+the IO manager a dict {week: DataFrame}; loading a range gives one DataFrame
+with the weeks concatenated in order. Writes are atomic per partition: a failed
+run never leaves a half-written file in place of good data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+class _PartitionedStore:
+    """What both backends share; a backend supplies _write, _read and _exists."""
+
+    def _write(self, relpath: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _read(self, relpath: str) -> bytes:
+        raise NotImplementedError
+
+    def _exists(self, relpath: str) -> bool:
+        raise NotImplementedError
+
+    def _location(self, relpath: str) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def _relpath(context, partition_key: str | None, suffix: str) -> str:
+        key_path = "/".join(context.asset_key.path)
+        return f"{key_path}/{partition_key}{suffix}" if partition_key else f"{key_path}{suffix}"
+
+    # ---- Dagster IO manager protocol
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            keys = list(context.asset_partition_keys)
+            if not isinstance(obj, dict) or set(obj) != set(keys):
+                raise StorageError(
+                    f"{context.asset_key.to_user_string()}: a run over {len(keys)} partitions must return "
+                    f"a dict keyed by exactly those partition keys"
+                )
+            # Serialise everything first, then write: a bad value fails before any file changes.
+            encoded = {key: self._encode(obj[key]) for key in keys}
+            for key in keys:
+                suffix, data = encoded[key]
+                self._write(self._relpath(context, key, suffix), data)
+            context.add_output_metadata({"storage": dg.MetadataValue.text(self._location(self._relpath(context, None, "/")))})
+            return
+        key = context.asset_partition_key if context.has_asset_partitions else None
+        suffix, data = self._encode(obj)
+        relpath = self._relpath(context, key, suffix)
+        self._write(relpath, data)
+        context.add_output_metadata({"storage": dg.MetadataValue.path(self._location(relpath))})
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        if context.has_asset_partitions:
+            keys = list(context.asset_partition_keys)
+            missing, frames = [], []
+            for key in keys:
+                value = self._load_one(context, key)
+                if value is _MISSING:
+                    missing.append(key)
+                else:
+                    frames.append(value)
+            if missing:
+                allow = (context.definition_metadata or {}).get("allow_missing_partitions", False)
+                if not allow:
+                    raise StorageError(
+                        f"{context.asset_key.to_user_string()} has no stored data for {len(missing)} of "
+                        f"{len(keys)} partitions (first: {missing[:5]}); materialize them first"
+                    )
+            if len(keys) == 1 and frames:
+                return frames[0]
+            tables = [f for f in frames if isinstance(f, pd.DataFrame)]
+            if len(tables) != len(frames):
+                return dict(zip([k for k in keys if k not in missing], frames))
+            non_empty = [t for t in tables if len(t)]
+            if non_empty:
+                return pd.concat(non_empty, ignore_index=True)
+            return tables[0].iloc[0:0] if tables else pd.DataFrame()
+        value = self._load_one(context, None)
+        if value is _MISSING:
+            raise StorageError(f"{context.asset_key.to_user_string()} has not been materialized yet")
+        return value
+
+    def _load_one(self, context, partition_key: str | None):
+        for suffix, decode in ((".parquet", _decode_parquet), (".json", _decode_json)):
+            relpath = self._relpath(context, partition_key, suffix)
+            if self._exists(relpath):
+                return decode(self._read(relpath))
+        return _MISSING
+
+    @staticmethod
+    def _encode(obj: Any) -> tuple[str, bytes]:
+        if isinstance(obj, pd.DataFrame):
+            buffer = io.BytesIO()
+            obj.to_parquet(buffer, index=False)
+            return ".parquet", buffer.getvalue()
+        try:
+            return ".json", json.dumps(obj, indent=2, default=_json_default).encode()
+        except TypeError as exc:
+            raise StorageError(f"cannot store a {type(obj).__name__}: only DataFrames and JSON values") from exc
+
+
+class LocalParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
+    """Partitions as Parquet files under a local folder (the embedded default)."""
+
+    base_dir: str = Field(description="folder that holds one subfolder per asset")
+
+    def _path(self, relpath: str) -> Path:
+        return Path(self.base_dir) / relpath
+
+    def _location(self, relpath: str) -> str:
+        return str(self._path(relpath))
+
+    def _write(self, relpath: str, data: bytes) -> None:
+        target = self._path(relpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)  # atomic: readers see the old file or the new one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _read(self, relpath: str) -> bytes:
+        return self._path(relpath).read_bytes()
+
+    def _exists(self, relpath: str) -> bool:
+        return self._path(relpath).exists()
+
+
+class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
+    """Partitions as Parquet objects in an S3 bucket (MinIO works through S3Resource.endpoint_url)."""
+
+    s3: dg.ResourceDependency[S3Resource]
+    bucket: str
+    prefix: str = "stellar"
+
+    def _key(self, relpath: str) -> str:
+        return f"{self.prefix.strip('/')}/{relpath}" if self.prefix else relpath
+
+    def _location(self, relpath: str) -> str:
+        return f"s3://{self.bucket}/{self._key(relpath)}"
+
+    def _client(self):
+        return self.s3.get_client()
+
+    def _write(self, relpath: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client().put_object(Bucket=self.bucket, Key=self._key(relpath), Body=data)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"could not write {self._location(relpath)}: {exc}") from exc
+
+    def _read(self, relpath: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self._client().get_object(Bucket=self.bucket, Key=self._key(relpath))["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"could not read {self._location(relpath)}: {exc}") from exc
+
+    def _exists(self, relpath: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client().head_object(Bucket=self.bucket, Key=self._key(relpath))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"could not check {self._location(relpath)}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"could not reach S3 for {self._location(relpath)}: {exc}") from exc
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def _decode_parquet(data: bytes) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(data))
+
+
+def _decode_json(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def _json_default(value: Any):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
