@@ -1,0 +1,65 @@
+"""Prometheus metrics of the prediction server, on their own HTTP port.
+
+Each server owns a CollectorRegistry (not the process-global one), so several
+servers can live in one process (tests, benchmark) without clashing names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "stellar_grpc_requests_total", "RPCs finished, by method and status code", ["method", "code"], registry=r)
+        self.errors = Counter(
+            "stellar_grpc_errors_total", "RPCs that ended with a non-OK status", ["method", "code"], registry=r)
+        self.latency = Histogram(
+            "stellar_grpc_request_duration_seconds", "RPC wall time in the server", ["method"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "stellar_batch_size_objects", "objects per request (per stream message for ClassifyStream)", ["method"],
+            buckets=BATCH_BUCKETS, registry=r)
+        self.objects = Counter("stellar_objects_classified_total", "objects classified", ["method"], registry=r)
+        self.model_version = Gauge(
+            "stellar_model_version", "registered model version being served (0: none)", ["model"], registry=r)
+        self.model_info = Gauge(
+            "stellar_model_info", "1 for the model being served", ["model", "version", "source"], registry=r)
+        self.model_loaded = Gauge(
+            "stellar_model_loaded_timestamp_seconds", "when the current model was swapped in", registry=r)
+        self.reloads = Counter(
+            "stellar_model_reloads_total", "alias look-ups by outcome (swapped, unchanged, failed)", ["outcome"],
+            registry=r)
+        self._http = None
+        self.port: int | None = None
+        self._info_labels: tuple | None = None
+
+    def set_model(self, name: str, version: str, source: str, loaded_at: float) -> None:
+        if self._info_labels is not None:
+            self.model_info.remove(*self._info_labels)
+        self._info_labels = (name, version, source)
+        self.model_info.labels(*self._info_labels).set(1)
+        try:
+            self.model_version.labels(name).set(float(version))
+        except ValueError:
+            self.model_version.labels(name).set(-1)
+        self.model_loaded.set(loaded_at)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; return its port (port 0: a free one)."""
+        httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = httpd
+        self.port = httpd.server_address[1]
+        return self.port
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

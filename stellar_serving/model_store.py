@@ -1,0 +1,299 @@
+"""The champion in memory: loaded from the MLflow alias, cached locally, swapped atomically.
+
+- `LoadedModel` is immutable. The store holds ONE reference to the current
+  one; a request reads `store.current` once and uses that object for the whole
+  call, so a response's version always matches its probabilities, and a swap
+  (one attribute assignment) never fails or mixes a request.
+- Every model that loaded and passed its contract check is copied to the cache
+  folder; `last_good.json` names it. When the registry is unreachable at
+  start-up the server serves that copy; when it becomes unreachable later the
+  server keeps what it has.
+- A background thread polls the alias; `refresh()` (ReloadModel) does the same
+  on demand. Refreshes are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from stellar_core.contract import CLASSES, INPUT_RANGES, MODEL_INPUTS
+from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ModelBundle
+
+from stellar_serving.config import ServingConfig
+from stellar_serving.metrics import ServerMetrics
+
+log = logging.getLogger("stellar_serving.model_store")
+
+LAST_GOOD_FILE = "last_good.json"
+REGISTRY_FILE = "registry.json"  # version metadata saved beside a cached bundle
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry could not be asked (down, unreachable, refusing)."""
+
+
+class NoChampion(RuntimeError):
+    """The registry answered, but the alias names no version."""
+
+
+class ModelRejected(RuntimeError):
+    """The alias names a version this server cannot serve (bad contract, broken files)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    bundle: ModelBundle = field(repr=False, compare=False)
+    loaded_at: float
+    source: str  # "registry" or "cache"
+    training_window: tuple[str, str] = ("", "")
+    metrics: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.bundle.contract.get("classes", CLASSES))
+
+    @property
+    def contract(self) -> dict:
+        return self.bundle.contract
+
+    def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
+        """float32 [n, 6] raw inputs -> float32 [n, 3]: derive_feature_matrix, then the booster."""
+        return self.bundle.predict_proba_inputs(inputs)
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    previous: LoadedModel | None
+    current: LoadedModel | None
+    changed: bool
+
+
+class ModelStore:
+    def __init__(self, config: ServingConfig, metrics: ServerMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._current: LoadedModel | None = None
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._listeners: list[Callable[[LoadedModel], None]] = []
+        self._client = None
+        self.cache_root = Path(config.cache_dir).expanduser().resolve() / config.model_name
+        # MLflow reads these per request; without them an unreachable server costs
+        # minutes of retries with backoff before we may fall back to the cache.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, config.registry_timeout_seconds))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(config.registry_max_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+
+    # -- what requests use -------------------------------------------------
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def add_listener(self, listener: Callable[[LoadedModel], None]) -> None:
+        self._listeners.append(listener)
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        """Load the champion (or the cached last good model), then poll in the background."""
+        try:
+            self.refresh()
+        except (RegistryUnavailable, NoChampion, ModelRejected) as exc:
+            log.warning("champion not loaded from the registry: %s", exc, extra={"event": "registry_fallback"})
+            if self.load_from_cache() is None:
+                log.error("no cached model either: NOT_SERVING until a champion appears",
+                          extra={"event": "no_model"})
+        if self.config.poll_seconds > 0:
+            self._poller = threading.Thread(target=self._poll, name="stellar-alias-poller", daemon=True)
+            self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.config.poll_seconds):
+            try:
+                self.refresh()
+            except Exception as exc:  # keep polling; the current model keeps serving
+                log.warning("alias poll failed, still serving %s: %s",
+                            self._current.version if self._current else "nothing", exc,
+                            extra={"event": "poll_failed"})
+
+    # -- registry ---------------------------------------------------------------
+    def _registry(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.config.tracking_uri or None,
+                                        registry_uri=self.config.tracking_uri or None)
+        return self._client
+
+    def refresh(self) -> ReloadOutcome:
+        """Ask the registry which version the alias names; swap it in if it is new."""
+        from stellar_core.registry import download_bundle, get_alias_version
+
+        with self._refresh_lock:
+            previous = self._current
+            try:
+                version = get_alias_version(self._registry(), self.config.model_name, self.config.model_alias)
+            except Exception as exc:
+                self._count("failed")
+                raise RegistryUnavailable(
+                    f"model registry at {self.config.tracking_uri or '(MLflow default)'} unreachable: "
+                    f"{type(exc).__name__}: {_short(exc)}") from exc
+            if version is None:
+                self._count("failed")
+                raise NoChampion(f"registered model {self.config.model_name!r} has no alias "
+                                 f"{self.config.model_alias!r}")
+            if previous is not None and previous.version == str(version.version) and previous.source == "registry":
+                self._count("unchanged")
+                return ReloadOutcome(previous, previous, False)
+            if previous is not None and previous.version == str(version.version):
+                # Started from the cache while the registry was down: same model, now confirmed.
+                current = _replace_source(previous, "registry")
+                self._swap(current)
+                self._count("unchanged")
+                return ReloadOutcome(previous, current, False)
+
+            self.cache_root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".v{version.version}-", dir=self.cache_root))
+            try:
+                try:
+                    bundle_dir = download_bundle(self._registry(), version, staging)
+                except Exception as exc:
+                    self._count("failed")
+                    raise RegistryUnavailable(f"could not download version {version.version}: {_short(exc)}") from exc
+                meta = {
+                    "name": self.config.model_name,
+                    "version": str(version.version),
+                    "alias": self.config.model_alias,
+                    "run_id": version.run_id or "",
+                    "tags": dict(version.tags or {}),
+                }
+                model = self._load(bundle_dir, meta, source="registry")
+                (Path(bundle_dir) / REGISTRY_FILE).write_text(json.dumps(meta, indent=2))
+                final = self.cache_root / f"v{version.version}"
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(bundle_dir, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._write_last_good(final)
+            self._swap(model)
+            self._count("swapped")
+            self._prune(keep={final.name, f"v{previous.version}" if previous else ""})
+            return ReloadOutcome(previous, model, True)
+
+    # -- cache --------------------------------------------------------------------
+    def load_from_cache(self) -> LoadedModel | None:
+        pointer = self.cache_root / LAST_GOOD_FILE
+        if not pointer.exists():
+            return None
+        try:
+            folder = self.cache_root / json.loads(pointer.read_text())["folder"]
+            meta = json.loads((folder / REGISTRY_FILE).read_text())
+            model = self._load(folder, meta, source="cache")
+        except Exception as exc:
+            log.error("cached model unusable: %s", exc, extra={"event": "cache_unusable"})
+            return None
+        self._swap(model)
+        log.warning("serving cached model %s v%s", model.name, model.version, extra={"event": "serving_cache"})
+        return model
+
+    def _write_last_good(self, folder: Path) -> None:
+        tmp = self.cache_root / (LAST_GOOD_FILE + ".tmp")
+        tmp.write_text(json.dumps({"folder": folder.name, "written_at": time.time()}))
+        os.replace(tmp, self.cache_root / LAST_GOOD_FILE)
+
+    def _prune(self, keep: set[str]) -> None:
+        for child in self.cache_root.iterdir():
+            if child.is_dir() and child.name.startswith("v") and child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+
+    # -- loading and swapping -------------------------------------------------------
+    def _load(self, folder: Path, meta: dict, source: str) -> LoadedModel:
+        try:
+            bundle = ModelBundle.load(folder)  # checks the contract
+        except Exception as exc:
+            self._count("failed")
+            raise ModelRejected(f"version {meta.get('version')} cannot be served: {_short(exc)}") from exc
+        # Warm up (first prediction allocates) and prove it answers the right shape.
+        probe = np.array([[(INPUT_RANGES[n][0] + INPUT_RANGES[n][1]) / 2 if n != "redshift" else 0.1
+                           for n in MODEL_INPUTS]], dtype=np.float32)
+        proba = bundle.predict_proba_inputs(probe)
+        if proba.shape != (1, len(CLASSES)) or not np.all(np.isfinite(proba)):
+            raise ModelRejected(f"version {meta.get('version')} answered {proba!r} for a probe object")
+        tags = meta.get("tags") or {}
+        card = bundle.card or {}
+        window = (
+            tags.get(TAG_WINDOW_FIRST) or _card_window(card, "first"),
+            tags.get(TAG_WINDOW_LAST) or _card_window(card, "last"),
+        )
+        metrics = {k: float(v) for k, v in (card.get("metrics") or {}).items() if _is_number(v)}
+        return LoadedModel(
+            name=meta.get("name", self.config.model_name), version=str(meta["version"]),
+            alias=meta.get("alias", self.config.model_alias), run_id=meta.get("run_id", ""),
+            bundle=bundle, loaded_at=time.time(), source=source,
+            training_window=(window[0] or "", window[1] or ""), metrics=metrics,
+        )
+
+    def _swap(self, model: LoadedModel) -> None:
+        old = self._current
+        self._current = model  # the atomic swap: one reference assignment
+        log.info("serving %s v%s (from %s)%s", model.name, model.version, model.source,
+                 f", replacing v{old.version}" if old else "",
+                 extra={"event": "model_swapped", "model_version": model.version, "source": model.source})
+        if self.metrics is not None:
+            self.metrics.set_model(model.name, model.version, model.source, model.loaded_at)
+        for listener in self._listeners:
+            listener(model)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reloads.labels(outcome).inc()
+
+
+def _replace_source(model: LoadedModel, source: str) -> LoadedModel:
+    from dataclasses import replace
+
+    return replace(model, source=source)
+
+
+def _card_window(card: dict, which: str) -> str:
+    for key in (f"training_window_{which}_week", f"{which}_week"):
+        if card.get(key):
+            return str(card[key])
+    window = card.get("training_window")
+    if isinstance(window, dict):
+        for key in (f"{which}_week", which):
+            if window.get(key):
+                return str(window[key])
+    if isinstance(window, (list, tuple)) and len(window) == 2:
+        return str(window[0 if which == "first" else 1])
+    return ""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:limit]

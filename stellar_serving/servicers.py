@@ -1,0 +1,289 @@
+"""The two gRPC faces of the champion: stellar.v1.Classifier and inference.GRPCInferenceService.
+
+Per request: read `store.current` ONCE (one immutable LoadedModel), pack the
+request straight into float32 [n, 6] (no pandas), derive the 13 features with
+stellar_core.features.derive_feature_matrix, call the booster's
+inplace_predict, answer with that model's version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from importlib import metadata
+
+import grpc
+import numpy as np
+
+from stellar_core.contract import CONTRACT_VERSION, INPUT_RANGES, MODEL_INPUTS
+from stellar_core.features import FEATURE_NAMES
+
+from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
+from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_serving.config import ServingConfig
+from stellar_serving.metrics import ServerMetrics
+from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, NoChampion, RegistryUnavailable
+from stellar_serving.validation import InvalidInput, features_to_inputs, objects_to_inputs
+
+log = logging.getLogger("stellar_serving.servicers")
+
+# Open Inference Protocol tensor names, as NVIDIA Triton's FIL backend names them.
+INPUT_TENSOR = "input__0"
+PROBA_TENSOR = "output__0"
+CLASS_TENSOR = "output__1"
+N_FEATURES = len(FEATURE_NAMES)
+
+
+def _current(store: ModelStore, context: grpc.ServicerContext) -> LoadedModel:
+    model = store.current
+    if model is None:
+        context.abort(grpc.StatusCode.UNAVAILABLE,
+                      "no model loaded yet (the registry has no champion and there is no cached model)")
+    return model
+
+
+def _check_deadline(context: grpc.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the model ran")
+
+
+class ClassifierServicer(pb_grpc.ClassifierServicer):
+    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self._stream_slots = threading.BoundedSemaphore(config.max_concurrent_streams)
+
+    # -- classification -----------------------------------------------------------
+    def _classify(self, objects, what: str, context, method: str) -> tuple[pb.ClassifyBatchResponse, LoadedModel]:
+        try:
+            inputs = objects_to_inputs(objects, self.config.max_batch_size, what)
+        except InvalidInput as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        _check_deadline(context)
+        model = _current(self.store, context)
+        proba = model.predict_proba(inputs)
+        self.metrics.batch_size.labels(method).observe(len(objects))
+        self.metrics.objects.labels(method).inc(len(objects))
+        return _batch_response(objects, proba, model), model
+
+    def Classify(self, request, context):
+        if not request.HasField("object"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ClassifyRequest.object is missing")
+        response, _ = self._classify([request.object], "request", context, "Classify")
+        return pb.ClassifyResponse(result=response.results[0])
+
+    def ClassifyBatch(self, request, context):
+        response, _ = self._classify(request.objects, "batch", context, "ClassifyBatch")
+        return response
+
+    def ClassifyStream(self, request_iterator, context):
+        if not self._stream_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"too many concurrent ClassifyStream calls (limit {self.config.max_concurrent_streams}); "
+                          "retry later")
+        try:
+            for index, request in enumerate(request_iterator):
+                # Each message reads the current model again: a long stream picks
+                # up a new champion between messages, and each response names it.
+                response, _ = self._classify(request.objects, f"stream message {index}", context, "ClassifyStream")
+                yield response
+        finally:
+            self._stream_slots.release()
+
+    # -- model ------------------------------------------------------------------------
+    def GetModelInfo(self, request, context):
+        return model_info(_current(self.store, context))
+
+    def ReloadModel(self, request, context):
+        try:
+            outcome = self.store.refresh()
+        except RegistryUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; still serving the previous model")
+        except (NoChampion, ModelRejected) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{exc}; still serving the previous model")
+        previous = outcome.previous.version if outcome.previous else ""
+        return pb.ReloadModelResponse(previous_version=previous, version=outcome.current.version,
+                                      changed=outcome.changed, source=outcome.current.source)
+
+
+def _batch_response(objects, proba: np.ndarray, model: LoadedModel) -> pb.ClassifyBatchResponse:
+    labels = model.classes
+    version = model.version
+    best = proba.argmax(axis=1).tolist()
+    rows = proba.tolist()
+    response = pb.ClassifyBatchResponse(model_version=version)
+    add = response.results.add
+    for obj, k, row in zip(objects, best, rows):
+        result = add(client_id=obj.client_id, predicted_class=labels[k], model_version=version)
+        probabilities = result.probabilities
+        for label, p in zip(labels, row):
+            probabilities[label] = p
+    return response
+
+
+def model_info(model: LoadedModel) -> pb.ModelInfo:
+    contract = model.contract
+    ranges = contract.get("input_ranges", {k: list(v) for k, v in INPUT_RANGES.items()})
+    info = pb.ModelInfo(
+        name=model.name, version=model.version, alias=model.alias, run_id=model.run_id,
+        training_window_first_week=model.training_window[0], training_window_last_week=model.training_window[1],
+        metrics=model.metrics, source=model.source,
+        contract=pb.FeatureContract(
+            contract_version=int(contract.get("contract_version", CONTRACT_VERSION)),
+            inputs=contract.get("inputs", list(MODEL_INPUTS)),
+            input_ranges=[pb.InputRange(name=k, min=float(v[0]), max=float(v[1])) for k, v in ranges.items()],
+            features=contract.get("features", list(FEATURE_NAMES)),
+            classes=list(model.classes),
+            dtype=contract.get("dtype", "float32"),
+        ),
+    )
+    info.loaded_at.FromNanoseconds(int(model.loaded_at * 1e9))
+    return info
+
+
+# ---------------------------------------------------------------------------------
+# Open Inference Protocol (KServe v2)
+# ---------------------------------------------------------------------------------
+
+
+def _server_version() -> str:
+    try:
+        return metadata.version("stellar")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
+    """`stellar-classifier` as an Open Inference Protocol model, tensors named as Triton FIL names them.
+
+    input__0  FP32 [-1, 13]: the booster's features in FEATURE_NAMES order (the
+              six raw inputs, then seven colours), exactly what Triton FIL
+              serving the same model.ubj takes;
+    output__0 FP32 [-1, 3]: class probabilities (GALAXY, QSO, STAR);
+    output__1 INT64 [-1]: index of the most probable class.
+    """
+
+    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.version = _server_version()
+
+    def ServerLive(self, request, context):
+        return v2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return v2.ServerReadyResponse(ready=self.store.current is not None)
+
+    def ServerMetadata(self, request, context):
+        return v2.ServerMetadataResponse(name="stellar", version=self.version, extensions=[])
+
+    def _check_name(self, name: str, context) -> None:
+        if name != self.config.model_name:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"unknown model {name!r}; this server serves {self.config.model_name!r}")
+
+    def _model_for(self, name: str, version: str, context) -> LoadedModel:
+        self._check_name(name, context)
+        model = _current(self.store, context)
+        if version and version != model.version:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"model {name!r} version {version!r} is not being served; "
+                          f"current version is {model.version!r} (leave the version empty to use it)")
+        return model
+
+    def ModelReady(self, request, context):
+        self._check_name(request.name, context)
+        model = self.store.current
+        ready = model is not None and (not request.version or request.version == model.version)
+        return v2.ModelReadyResponse(ready=ready)
+
+    def ModelMetadata(self, request, context):
+        model = self._model_for(request.name, request.version, context)
+        tensor = v2.ModelMetadataResponse.TensorMetadata
+        return v2.ModelMetadataResponse(
+            name=model.name, versions=[model.version], platform="xgboost",
+            inputs=[tensor(name=INPUT_TENSOR, datatype="FP32", shape=[-1, N_FEATURES])],
+            outputs=[tensor(name=PROBA_TENSOR, datatype="FP32", shape=[-1, len(model.classes)]),
+                     tensor(name=CLASS_TENSOR, datatype="INT64", shape=[-1])],
+            properties={
+                f"{INPUT_TENSOR}.columns": ",".join(FEATURE_NAMES),
+                f"{PROBA_TENSOR}.columns": ",".join(model.classes),
+                f"{CLASS_TENSOR}.labels": ",".join(f"{k}={c}" for k, c in enumerate(model.classes)),
+                "raw_inputs": ",".join(MODEL_INPUTS),
+                "input_ranges": json.dumps(model.contract.get("input_ranges", {})),
+                "colour_tolerance": "0.001",
+                "max_batch_size": str(self.config.max_batch_size),
+                "training_window": f"{model.training_window[0]}..{model.training_window[1]}",
+                "alias": model.alias,
+            },
+        )
+
+    def ModelInfer(self, request, context):
+        self._check_name(request.model_name, context)
+        matrix = _input_matrix(request, context)
+        requested = [o.name for o in request.outputs] or [PROBA_TENSOR, CLASS_TENSOR]
+        unknown = [name for name in requested if name not in (PROBA_TENSOR, CLASS_TENSOR)]
+        if unknown:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"unknown output tensor(s) {unknown}; outputs are {PROBA_TENSOR!r} and {CLASS_TENSOR!r}")
+        try:
+            inputs = features_to_inputs(matrix, self.config.max_batch_size)
+        except InvalidInput as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        _check_deadline(context)
+        model = self._model_for(request.model_name, request.model_version, context)
+        proba = model.predict_proba(inputs)
+        n = len(inputs)
+        self.metrics.batch_size.labels("ModelInfer").observe(n)
+        self.metrics.objects.labels("ModelInfer").inc(n)
+        response = v2.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        for name in requested:
+            if name == PROBA_TENSOR:
+                response.outputs.add(name=name, datatype="FP32", shape=list(proba.shape))
+                response.raw_output_contents.append(proba.astype("<f4", copy=False).tobytes())
+            else:
+                index = proba.argmax(axis=1).astype("<i8")
+                response.outputs.add(name=name, datatype="INT64", shape=[n])
+                response.raw_output_contents.append(index.tobytes())
+        return response
+
+
+def _input_matrix(request, context) -> np.ndarray:
+    abort = context.abort
+    if len(request.inputs) != 1 or request.inputs[0].name != INPUT_TENSOR:
+        names = [t.name for t in request.inputs]
+        abort(grpc.StatusCode.INVALID_ARGUMENT,
+              f"expected exactly one input tensor {INPUT_TENSOR!r} (FP32 [n, {N_FEATURES}]), got {names}")
+    tensor = request.inputs[0]
+    if tensor.datatype != "FP32":
+        abort(grpc.StatusCode.INVALID_ARGUMENT, f"{INPUT_TENSOR} has datatype {tensor.datatype or '(none)'}; expected FP32")
+    shape = list(tensor.shape)
+    if len(shape) != 2 or shape[1] != N_FEATURES or shape[0] < 0:
+        abort(grpc.StatusCode.INVALID_ARGUMENT,
+              f"{INPUT_TENSOR} has shape {shape}; expected [n, {N_FEATURES}] with columns {', '.join(FEATURE_NAMES)}")
+    n_values = shape[0] * shape[1]
+    if request.raw_input_contents:
+        if tensor.HasField("contents"):
+            abort(grpc.StatusCode.INVALID_ARGUMENT,
+                  f"{INPUT_TENSOR} has both typed contents and raw_input_contents; send one")
+        if len(request.raw_input_contents) != 1:
+            abort(grpc.StatusCode.INVALID_ARGUMENT,
+                  f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input tensor")
+        raw = request.raw_input_contents[0]
+        if len(raw) != n_values * 4:
+            abort(grpc.StatusCode.INVALID_ARGUMENT,
+                  f"{INPUT_TENSOR} raw contents hold {len(raw)} bytes; shape {shape} FP32 needs {n_values * 4}")
+        return np.frombuffer(raw, dtype="<f4").reshape(shape[0], shape[1])
+    values = tensor.contents.fp32_contents
+    if len(values) != n_values:
+        other = [f.name for f, _ in tensor.contents.ListFields() if f.name != "fp32_contents"]
+        hint = f" (contents carry {other}; FP32 data goes in fp32_contents)" if other else ""
+        abort(grpc.StatusCode.INVALID_ARGUMENT,
+              f"{INPUT_TENSOR} has {len(values)} fp32 values; shape {shape} needs {n_values}{hint}")
+    return np.array(values, dtype=np.float32).reshape(shape[0], shape[1])

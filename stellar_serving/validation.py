@@ -1,0 +1,114 @@
+"""Request validation: requests -> float32 [n, len(MODEL_INPUTS)] or a clear InvalidInput.
+
+Every problem names the object (index and client id) and the field, so a client
+can fix its data; the servicers turn InvalidInput into INVALID_ARGUMENT.
+Vectorised: one attrgetter pass over the messages, then numpy checks.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+from typing import Sequence
+
+import numpy as np
+
+from stellar_core.contract import INPUT_RANGES, MODEL_INPUTS
+from stellar_core.features import COLOURS, FEATURE_NAMES, derive_feature_matrix
+
+_LOW = np.array([INPUT_RANGES[name][0] for name in MODEL_INPUTS], dtype=np.float64)
+_HIGH = np.array([INPUT_RANGES[name][1] for name in MODEL_INPUTS], dtype=np.float64)
+_GET_INPUTS = attrgetter(*MODEL_INPUTS)
+N_INPUTS = len(MODEL_INPUTS)
+
+# A colour column of a v2 feature tensor may differ from the server's own
+# difference of its two bands by this much (magnitudes): float32 rounding when a
+# client computes colours in float64, never a real colour change.
+COLOUR_TOLERANCE = 1e-3
+
+
+class InvalidInput(ValueError):
+    """A request the server refuses; str() is the message sent to the client."""
+
+
+def check_count(n: int, max_batch: int, what: str = "batch") -> None:
+    if n == 0:
+        raise InvalidInput(f"{what} is empty: send between 1 and {max_batch} objects")
+    if n > max_batch:
+        raise InvalidInput(f"{what} has {n} objects; the maximum is {max_batch} (split it, or use ClassifyStream)")
+
+
+def objects_to_inputs(objects: Sequence, max_batch: int, what: str = "batch") -> np.ndarray:
+    """stellar.v1 SdssObject messages -> float32 [n, 6] model inputs (MODEL_INPUTS order)."""
+    n = len(objects)
+    check_count(n, max_batch, what)
+    values = np.array(list(map(_GET_INPUTS, objects)), dtype=np.float64).reshape(n, N_INPUTS)
+    # Unset optional fields read as 0.0: only rows holding a 0.0 need the
+    # (slower) presence check; 0.0 is out of range for magnitudes anyway.
+    missing = np.zeros_like(values, dtype=bool)
+    for k, j in zip(*np.nonzero(values == 0.0)):
+        if not objects[k].HasField(MODEL_INPUTS[j]):
+            missing[k, j] = True
+    # In a stream, name the message as well as the object.
+    where = f"{what}, " if what.startswith("stream message") else ""
+    _raise_first_problem(values, missing, lambda k: where + _object_label(objects, k))
+    return values.astype(np.float32)
+
+
+def features_to_inputs(matrix: np.ndarray, max_batch: int) -> np.ndarray:
+    """An Open Inference Protocol `input__0` tensor [n, 13] (FEATURE_NAMES order) -> [n, 6] inputs.
+
+    The raw inputs (columns 0..5) get the same checks as stellar.v1 objects; the
+    colour columns must be finite and equal to the server's own derivation (the
+    server predicts from its derivation, so a wrong colour is an error, not
+    silently ignored).
+    """
+    n = matrix.shape[0]
+    check_count(n, max_batch, what="input__0")
+    inputs = matrix[:, :N_INPUTS]
+    _raise_first_problem(inputs.astype(np.float64), np.zeros(inputs.shape, dtype=bool), lambda k: f"input__0 row {k}")
+    colours = matrix[:, N_INPUTS:]
+    bad = ~np.isfinite(colours)
+    if bad.any():
+        k, j = np.argwhere(bad)[0]
+        raise InvalidInput(f"input__0 row {k}: column {N_INPUTS + j} ({FEATURE_NAMES[N_INPUTS + j]}) is {colours[k, j]}")
+    derived = derive_feature_matrix(inputs)[:, N_INPUTS:]
+    off = np.abs(colours - derived) > COLOUR_TOLERANCE
+    if off.any():
+        k, j = np.argwhere(off)[0]
+        a, b = COLOURS[j]
+        raise InvalidInput(
+            f"input__0 row {k}: column {N_INPUTS + j} ({FEATURE_NAMES[N_INPUTS + j]}) is {colours[k, j]:.6g} "
+            f"but {a} - {b} = {derived[k, j]:.6g}; colour columns must be the band differences "
+            "(see the model metadata property 'input__0.columns')"
+        )
+    return np.ascontiguousarray(inputs, dtype=np.float32)
+
+
+def _object_label(objects: Sequence, k: int) -> str:
+    client_id = objects[k].client_id
+    return f"object {k} (client_id {client_id!r})" if client_id else f"object {k}"
+
+
+def _raise_first_problem(values: np.ndarray, missing: np.ndarray, label) -> None:
+    finite = np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        out_of_range = finite & ((values < _LOW) | (values > _HIGH))
+    bad = missing | ~finite | out_of_range
+    if not bad.any():
+        return
+    bad_rows = np.flatnonzero(bad.any(axis=1))
+    k = int(bad_rows[0])
+    j = int(np.flatnonzero(bad[k])[0])
+    name, value = MODEL_INPUTS[j], values[k, j]
+    if missing[k, j]:
+        problem = f"field '{name}' is missing"
+    elif np.isnan(value):
+        problem = f"field '{name}' is NaN"
+    elif not np.isfinite(value):
+        problem = f"field '{name}' is {'+' if value > 0 else '-'}infinite"
+    else:
+        problem = (f"field '{name}' = {value:g} is outside the physical range "
+                   f"[{_LOW[j]:g}, {_HIGH[j]:g}]")
+    more = len(bad_rows) - 1
+    suffix = f" ({more} more invalid object{'s' if more > 1 else ''} in this request)" if more else ""
+    raise InvalidInput(f"{label(k)}: {problem}{suffix}")

@@ -1,0 +1,181 @@
+"""Fixtures of the serving tests: a real MLflow registry (SQLite + local artifacts)
+holding two champions-to-be trained on the shared SDSS sample, and real servers
+on 127.0.0.1.
+
+Models are published as the training assets publish them: an MLflow run with
+the xgboost `model/` (pyfunc, 13 feature columns) and the `serving/` bundle,
+registered as versions of `stellar-classifier` from runs:/<run>/model, with
+training-window tags; the alias `champion` picks the one to serve.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stellar_core.contract import MODEL_INPUTS
+from stellar_core.features import FEATURE_NAMES, build_features, feature_matrix, label_indices
+from stellar_core.model_bundle import (
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_NAME,
+    TAG_WINDOW_FIRST,
+    TAG_WINDOW_LAST,
+    ModelBundle,
+    SERVING_ARTIFACT_DIR,
+    new_contract,
+)
+
+# tests/serving/conftest.py -> the checkout is parents[2]; shared data sits beside it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here: do not try to phone home
+
+SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sdss17_sample.csv.gz"
+
+# Two models whose probabilities differ for every object: the swap test tells
+# them apart by their answers, not only by the version they claim.
+MODEL_PARAMS = {
+    "1": ({"max_depth": 4, "eta": 0.3, "seed": 1}, 100, ("2014-01-05", "2016-12-25")),
+    "2": ({"max_depth": 2, "eta": 0.1, "seed": 2}, 60, ("2015-01-04", "2017-12-31")),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_booster(features: pd.DataFrame, params: dict, rounds: int):
+    import xgboost as xgb
+
+    matrix = xgb.DMatrix(feature_matrix(features), label=label_indices(features["label"]),
+                         feature_names=list(FEATURE_NAMES))
+    return xgb.train({"objective": "multi:softprob", "num_class": 3, "tree_method": "hist", "nthread": 2, **params},
+                     matrix, rounds)
+
+
+def publish(tracking_uri: str, experiment_id: str, booster, window: tuple[str, str], metrics: dict) -> str:
+    """One model version, the way the training assets publish it; returns the version."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    example = pd.DataFrame(np.full((2, len(FEATURE_NAMES)), 18.0, dtype=np.float32), columns=list(FEATURE_NAMES))
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metrics(metrics)
+        mlflow.xgboost.log_model(
+            booster, name="model", input_example=example,
+            signature=infer_signature(example, np.full((2, 3), 1 / 3, dtype=np.float32)),
+            pip_requirements=["xgboost"],  # skip requirement inference: it spawns a slow subprocess
+        )
+        card = {"name": DEFAULT_MODEL_NAME, "training_window": {"first_week": window[0], "last_week": window[1]},
+                "metrics": metrics}
+        with tempfile.TemporaryDirectory() as tmp:
+            ModelBundle(booster=booster, contract=new_contract(), card=card).save(Path(tmp) / SERVING_ARTIFACT_DIR)
+            mlflow.log_artifacts(str(Path(tmp) / SERVING_ARTIFACT_DIR), artifact_path=SERVING_ARTIFACT_DIR)
+        run_id = run.info.run_id
+    version = mlflow.register_model(f"runs:/{run_id}/model", DEFAULT_MODEL_NAME).version
+    client = MlflowClient(tracking_uri)
+    client.set_model_version_tag(DEFAULT_MODEL_NAME, str(version), TAG_WINDOW_FIRST, window[0])
+    client.set_model_version_tag(DEFAULT_MODEL_NAME, str(version), TAG_WINDOW_LAST, window[1])
+    return str(version)
+
+
+@dataclass
+class Registry:
+    root: Path
+    tracking_uri: str
+    bundles: dict[str, ModelBundle] = field(default_factory=dict)
+    windows: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def set_champion(self, version: str) -> None:
+        self.client().set_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION_ALIAS, version)
+
+    def remove_champion(self) -> None:
+        self.client().delete_registered_model_alias(DEFAULT_MODEL_NAME, CHAMPION_ALIAS)
+
+    def expected(self, version: str, inputs: np.ndarray) -> np.ndarray:
+        """The in-process prediction of `version` for float32 [n, 6] raw inputs."""
+        return self.bundles[version].predict_proba_inputs(inputs)
+
+
+@pytest.fixture(scope="session")
+def sample() -> pd.DataFrame:
+    if not SAMPLE.exists():
+        pytest.fail(f"shared SDSS sample missing: {SAMPLE}")
+    return pd.read_csv(SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def sample_inputs(sample) -> np.ndarray:
+    """float32 [n, 6] raw inputs of the cleaned sample (the rows a model may see)."""
+    table, _ = build_features(sample)
+    return np.ascontiguousarray(table.loc[:, list(MODEL_INPUTS)].to_numpy(dtype=np.float32))
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory, sample) -> Registry:
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment_id = client.create_experiment("stellar-serving-tests", artifact_location=(root / "artifacts").as_uri())
+    client.create_registered_model(DEFAULT_MODEL_NAME)
+    features, _ = build_features(sample)
+    reg = Registry(root=root, tracking_uri=uri)
+    for expected_version, (params, rounds, window) in MODEL_PARAMS.items():
+        booster = train_booster(features, params, rounds)
+        version = publish(uri, experiment_id, booster, window, {"accuracy": 0.9, "log_loss": 0.2})
+        assert version == expected_version
+        reg.bundles[version] = ModelBundle(booster=booster, contract=new_contract())
+        reg.windows[version] = window
+    reg.set_champion("1")
+    return reg
+
+
+@pytest.fixture
+def make_server(registry, tmp_path):
+    """Start servers on 127.0.0.1 (free ports) against the test registry; stopped at teardown."""
+    from stellar_serving.config import ServingConfig
+    from stellar_serving.server import StellarServer
+
+    servers = []
+
+    def start(**overrides):
+        settings = dict(grpc_host="127.0.0.1", grpc_port=0, metrics_host="127.0.0.1", metrics_port=0,
+                        tracking_uri=registry.tracking_uri, cache_dir=str(tmp_path / "model-cache"),
+                        poll_seconds=0.0, max_workers=8, shutdown_grace_seconds=1.0)
+        settings.update(overrides)
+        server = StellarServer(ServingConfig(**settings)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=0.5)
+
+
+def to_objects(inputs: np.ndarray, prefix: str = "obj"):
+    """float32 [n, 6] -> stellar.v1 SdssObject messages with client ids prefix-k."""
+    from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
+
+    return [pb.SdssObject(client_id=f"{prefix}-{k}", **dict(zip(MODEL_INPUTS, map(float, row))))
+            for k, row in enumerate(inputs)]
+
+
+def probabilities_of(result, classes=("GALAXY", "QSO", "STAR")) -> list[float]:
+    return [result.probabilities[c] for c in classes]
