@@ -1,0 +1,157 @@
+"""Resources of the training assets: MLflow tracking (dagster-mlflow), the registry, the gate.
+
+Embedded default: the SQLite tracking store and registry plus an artifact
+folder under $STELLAR_HOME/mlflow (stellar_core.home); MLFLOW_TRACKING_URI
+points everything at an MLflow server instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from dagster_mlflow.resources import CONFIG_SCHEMA as MLFLOW_CONFIG_SCHEMA
+from dagster_mlflow.resources import MlFlow
+from mlflow.tracking import MlflowClient
+from pydantic import Field
+
+from stellar_core.contract import CLASSES
+from stellar_core.home import mlflow_artifact_root, mlflow_tracking_uri, project_home
+from stellar_core.model_bundle import DEFAULT_MODEL_NAME
+from stellar_core.training import COMPARISON_METRICS
+
+DEFAULT_EXPERIMENT = "stellar-training"
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """A SQLite store needs its folder to exist before MLflow opens it."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    """The experiment id, creating it with artifacts under `artifact_root` (not ./mlruns in the cwd)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+@dg.resource(
+    config_schema={
+        **MLFLOW_CONFIG_SCHEMA,
+        "artifact_root": dg.Field(dg.Noneable(dg.StringSource), default_value=None, is_required=False,
+                                  description="where a new experiment keeps its artifacts"),
+    },
+    description="dagster-mlflow's mlflow_tracking, with the experiment created under the project's artifact root first.",
+)
+def stellar_mlflow_tracking(context):
+    """dagster-mlflow's `mlflow_tracking` resource as the package means it to be used (one MLflow
+    run per Dagster run, found by the `dagster_run_id` tag). Before handing over, it makes sure the
+    SQLite folder and the experiment exist, because `mlflow.set_experiment` inside dagster-mlflow
+    would otherwise put artifacts in ./mlruns of whatever directory Dagster runs in."""
+    config = context.resource_config
+    uri = config.get("mlflow_tracking_uri") or mlflow_tracking_uri()
+    ensure_store(uri)
+    ensure_experiment(MlflowClient(uri), config["experiment_name"], config.get("artifact_root"))
+    tracking = MlFlow(context)
+    yield tracking
+    tracking.cleanup_on_error()
+
+
+def mlflow_tracking_resource(tracking_uri: str | None = None, experiment_name: str = DEFAULT_EXPERIMENT,
+                             artifact_root: str | None = None) -> dg.ResourceDefinition:
+    return stellar_mlflow_tracking.configured({
+        "experiment_name": experiment_name,
+        # dagster-mlflow exports these for the run: no tqdm bars in Dagster's logs.
+        "env": {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
+        "mlflow_tracking_uri": tracking_uri or mlflow_tracking_uri(),
+        "artifact_root": artifact_root or mlflow_artifact_root(),
+    })
+
+
+class ModelRegistry(dg.ConfigurableResource):
+    """The MLflow model registry (MlflowClient) and where its UI is, for links in metadata."""
+
+    tracking_uri: str = Field(description="MLflow tracking/registry URI (sqlite:///... or http://...)")
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, description="the one registered model")
+    experiment_name: str = Field(default=DEFAULT_EXPERIMENT)
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI base URL for links")
+
+    def client(self) -> MlflowClient:
+        ensure_store(self.tracking_uri)
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def version_url(self, version: str | int) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/models/{self.model_name}/versions/{version}"
+
+
+class PromotionGate(dg.ConfigurableResource):
+    """What a challenger must reach to become champion. Floors, contract and latency are hard
+    (a miss is an error); losing to the champion is a normal outcome."""
+
+    accuracy_floor: float = Field(default=0.95)
+    recall_floors: dict[str, float] = Field(
+        default={"GALAXY": 0.95, "QSO": 0.85, "STAR": 0.95},
+        description="minimum test recall per class",
+    )
+    single_row_latency_budget_ms: float = Field(default=25.0, description="p95 of one-row predictions")
+    batch_latency_budget_ms_per_1000_rows: float = Field(default=100.0)
+    comparison_metric: str = Field(default="accuracy", description=f"one of {COMPARISON_METRICS}")
+    tie_tolerance: float = Field(default=0.0, description="a challenger this far below the champion still ties")
+    min_comparison_rows: int = Field(
+        default=30, description="fewest test rows neither model trained on for a meaningful comparison"
+    )
+
+    def validated(self) -> "PromotionGate":
+        problems = []
+        if not 0 <= self.accuracy_floor <= 1:
+            problems.append(f"accuracy_floor must be in [0, 1], got {self.accuracy_floor}")
+        unknown = sorted(set(self.recall_floors) - set(CLASSES))
+        if unknown:
+            problems.append(f"recall_floors names unknown classes {unknown}; classes are {list(CLASSES)}")
+        if any(not 0 <= v <= 1 for v in self.recall_floors.values()):
+            problems.append(f"recall floors must be in [0, 1], got {self.recall_floors}")
+        if self.comparison_metric not in COMPARISON_METRICS:
+            problems.append(f"comparison_metric must be one of {COMPARISON_METRICS}, got {self.comparison_metric!r}")
+        if self.tie_tolerance < 0 or self.min_comparison_rows < 1:
+            problems.append("tie_tolerance must be >= 0 and min_comparison_rows >= 1")
+        if self.single_row_latency_budget_ms <= 0 or self.batch_latency_budget_ms_per_1000_rows <= 0:
+            problems.append("latency budgets must be > 0")
+        if problems:
+            raise dg.Failure(description="invalid PromotionGate configuration: " + "; ".join(problems))
+        return self
+
+
+class TrainingDefaults(dg.ConfigurableResource):
+    """Where model selection writes the XGBoost hyperparameters the challenger uses by default."""
+
+    selection_defaults_path: str = Field(description="JSON written by the model_selection asset")
+
+
+def default_selection_path() -> str:
+    return os.environ.get("STELLAR_MODEL_DEFAULTS") or str(project_home() / "training" / "model_defaults.json")
+
+
+def training_resources() -> dict:
+    """The resources the training assets need, from the environment (defaults: the project home)."""
+    uri = mlflow_tracking_uri()
+    return {
+        "mlflow": mlflow_tracking_resource(uri),
+        "model_registry": ModelRegistry(
+            tracking_uri=uri,
+            model_name=os.environ.get("STELLAR_MODEL_NAME", DEFAULT_MODEL_NAME),
+            ui_url=os.environ.get("STELLAR_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+        ),
+        "promotion_gate": PromotionGate(
+            accuracy_floor=float(os.environ.get("STELLAR_GATE_ACCURACY_FLOOR", 0.95)),
+            single_row_latency_budget_ms=float(os.environ.get("STELLAR_GATE_SINGLE_ROW_BUDGET_MS", 25.0)),
+            batch_latency_budget_ms_per_1000_rows=float(os.environ.get("STELLAR_GATE_BATCH_BUDGET_MS", 100.0)),
+        ),
+        "training_defaults": TrainingDefaults(selection_defaults_path=default_selection_path()),
+    }
