@@ -38,6 +38,7 @@ MAGNITUDE_BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z")
 # distant known quasars sit near z = 7.6.
 MAGNITUDE_RANGE: tuple[float, float] = (5.0, 40.0)
 REDSHIFT_RANGE: tuple[float, float] = (-0.1, 10.0)
+SENTINEL_THRESHOLD = -999.0  # SDSS writes -9999 where it has no measurement
 
 # What a client sends per object, in the order the server packs them.
 MODEL_INPUTS: tuple[str, ...] = ("u", "g", "r", "i", "z", "redshift")

@@ -20,6 +20,7 @@ from stellar_core.contract import (
     MJD_COLUMN,
     MODEL_INPUTS,
     OBJECT_ID_COLUMN,
+    SENTINEL_THRESHOLD,
 )
 from stellar_core.weeks import week_keys_for_mjds
 
@@ -37,7 +38,6 @@ _COLOUR_INDEX = np.array([[_INPUT_INDEX[a], _INPUT_INDEX[b]] for a, b in COLOURS
 KEY_COLUMNS: tuple[str, ...] = ("object_id", "week", "mjd")
 LABEL = "label"
 
-SENTINEL_THRESHOLD = -999.0  # SDSS writes -9999 where it has no measurement
 
 
 def derive_feature_matrix(inputs: np.ndarray) -> np.ndarray:

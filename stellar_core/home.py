@@ -38,3 +38,45 @@ def mlflow_tracking_uri() -> str:
 
 def mlflow_artifact_root() -> str:
     return os.environ.get("STELLAR_MLFLOW_ARTIFACT_ROOT") or (mlflow_dir() / "artifacts").as_uri()
+
+
+# The Kaggle download, where the README tells users to put it.
+KAGGLE_CSV_NAMES = ("data/star_classification.csv", "data/star_classification.csv.gz")
+# The repository's real test data, beside the checkout when present.
+SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss17_sample.csv.gz"
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def default_sdss_csv() -> tuple[str | None, str]:
+    """The SDSS17 CSV the main job reads, and why that one (None: use the simulator)."""
+    configured = os.environ.get("STELLAR_SDSS_CSV")
+    if configured:
+        return configured, "STELLAR_SDSS_CSV"
+    for name in KAGGLE_CSV_NAMES:
+        candidate = repo_root() / name
+        if candidate.exists():
+            return str(candidate), f"the Kaggle download at {name}"
+    if SHARED_SAMPLE.exists():
+        return str(SHARED_SAMPLE), "the shared SDSS17 sample beside the checkout (../shared/data)"
+    return None, "no SDSS17 CSV configured or found"
+
+
+def configure_environment() -> dict[str, str]:
+    """Environment for the embedded set-up, shared by `stellar demo` and `stellar ui`:
+    the same project home, Dagster instance and source, whichever command runs."""
+    home = project_home()
+    os.environ["STELLAR_HOME"] = str(home)
+    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
+    dagster_dir = Path(os.environ["DAGSTER_HOME"])
+    dagster_dir.mkdir(parents=True, exist_ok=True)
+    instance_yaml = dagster_dir / "dagster.yaml"
+    if not instance_yaml.exists():
+        # Embedded instance: SQLite storage in this folder (Dagster's default), no telemetry.
+        instance_yaml.write_text("telemetry:\n  enabled: false\n")
+    csv, _ = default_sdss_csv()
+    if csv and "STELLAR_SDSS_CSV" not in os.environ and os.environ.get("STELLAR_SOURCE", "auto") in ("auto", "sdss_csv"):
+        os.environ["STELLAR_SDSS_CSV"] = csv
+    return {k: os.environ[k] for k in ("STELLAR_HOME", "DAGSTER_HOME") if k in os.environ}

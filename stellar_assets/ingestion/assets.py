@@ -14,6 +14,7 @@ import pandas as pd
 
 from stellar_core.contract import LABEL_COLUMN, MJD_COLUMN
 from stellar_core.features import FEATURE_NAMES, build_features, drop_reasons
+from stellar_core.sources import SourceError
 from stellar_core.quality import QualityReport, validate_observations
 from stellar_core.weeks import week_keys_for_mjds
 from stellar_assets.partitions import observation_weeks
@@ -31,7 +32,7 @@ QUALITY_CHECKS: dict[str, tuple[str, ...]] = {
 CHECK_DESCRIPTIONS = {
     "schema": "All 18 SDSS17 columns are present and numeric where they must be.",
     "class_labels": "class is one of STAR, GALAXY, QSO.",
-    "magnitude_range": "u, g, r, i, z lie in [5, 40] for at least 99% of rows (-9999 is SDSS's no-data sentinel).",
+    "magnitude_range": "u, g, r, i, z lie in [5, 40] for at least 99% of measured rows (-9999 means no measurement: passed on, dropped and counted by features).",
     "redshift_range": "redshift lies in [-0.1, 10] for at least 99% of rows.",
     "unique_spec_obj_id": "spec_obj_ID is unique: one row per spectrum (a spreadsheet round trip breaks this).",
     "null_share": "At most 1% missing values in magnitudes, redshift, class and spec_obj_ID.",
@@ -57,6 +58,8 @@ def quality_check_results(report: QualityReport) -> list[dg.AssetCheckResult]:
         if failed:
             metadata["failures"] = dg.MetadataValue.md(_failures_markdown(failed))
             metadata["failure_details"] = dg.MetadataValue.json([o.as_dict() for o in failed])
+        if check_name == "magnitude_range":
+            metadata["sentinel_rows"] = report.sentinel_rows  # -9999 rows: dropped and counted by features
         flagged = [o for o in outcomes if o.success and o.unexpected_count]
         if flagged:  # tolerated (mostly=...) but worth seeing: e.g. one -9999 sentinel row
             metadata["tolerated"] = dg.MetadataValue.json([o.as_dict() for o in flagged])
@@ -125,7 +128,10 @@ def _split_by_week(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> di
 )
 def raw_observations(context: dg.AssetExecutionContext, source: ObservationSource):
     keys = list(context.partition_keys)
-    frame = source.fetch(keys, log=context.log)
+    try:
+        frame = source.fetch(keys, log=context.log)
+    except SourceError as exc:
+        raise dg.Failure(description=f"{source.describe()}: {exc}") from exc
     context.log.info("%s: %d rows for %d week(s) %s..%s", source.describe(), len(frame), len(keys), keys[0], keys[-1])
 
     report = validate_observations(frame)
@@ -144,10 +150,7 @@ def raw_observations(context: dg.AssetExecutionContext, source: ObservationSourc
     for key, part in per_week.items():
         metadata = _week_metadata(part, LABEL_COLUMN, source.describe())
         metadata["dagster/column_schema"] = schema
-        if len(keys) > 1:
-            context.add_asset_metadata(metadata, partition_key=key)
-        else:
-            context.add_output_metadata(metadata)
+        context.add_asset_metadata(metadata, partition_key=key)
     value = per_week if len(keys) > 1 else per_week[keys[0]]
     yield dg.Output(value)
 
@@ -178,8 +181,5 @@ def observation_features(context: dg.AssetExecutionContext, raw_observations: pd
         week_dropped = {str(k): int(v) for k, v in dropped_by_week.get(key, {}).items()}
         metadata["dropped_rows"] = dg.MetadataValue.int(sum(week_dropped.values()))
         metadata["dropped_by_reason"] = dg.MetadataValue.json(week_dropped)
-        if len(keys) > 1:
-            context.add_asset_metadata(metadata, partition_key=key)
-        else:
-            context.add_output_metadata(metadata)
+        context.add_asset_metadata(metadata, partition_key=key)
     return per_week if len(keys) > 1 else per_week[keys[0]]

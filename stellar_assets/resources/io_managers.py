@@ -153,7 +153,7 @@ class LocalParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
 class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
     """Partitions as Parquet objects in an S3 bucket (MinIO works through S3Resource.endpoint_url)."""
 
-    s3: dg.ResourceDependency[S3Resource]
+    s3: S3Resource
     bucket: str
     prefix: str = "stellar"
 

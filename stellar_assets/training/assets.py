@@ -30,7 +30,7 @@ from stellar_core.model_bundle import (
     TAG_WINDOW_LAST,
 )
 from stellar_core.model_selection import read_defaults
-from stellar_core.registry import get_alias_version, load_bundle, mark_promoted, set_alias
+from stellar_core.registry import get_alias_version, mark_promoted, set_alias
 from stellar_core.training import (
     Evaluation,
     TrainingInputError,
@@ -52,8 +52,8 @@ from stellar_assets.training.gate import compare_with_incumbent
 from stellar_assets.training.mlflow_glue import (
     dagster_mlflow_run,
     log_evaluation_artifacts,
+    contract_problems_of_version,
     log_model_and_bundle,
-    signature_problems,
 )
 from stellar_assets.training.resources import ModelRegistry, PromotionGate, TrainingDefaults
 
@@ -260,8 +260,7 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
             )
             # The gate, on what was stored: the registered version's artifacts and signature.
             floors = floor_problems(evaluation, gate.accuracy_floor, gate.recall_floors)
-            contract = load_bundle(client, version).contract_problems() + signature_problems(
-                client, model_registry.model_name, version.version)
+            contract = contract_problems_of_version(client, model_registry.model_name, version)
             slow = latency_problems(latency, gate.single_row_latency_budget_ms, gate.batch_latency_budget_ms_per_1000_rows)
             gate_problems = floors + contract + slow
             status = "passed" if not gate_problems else "failed: " + "; ".join(gate_problems)

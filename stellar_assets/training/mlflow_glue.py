@@ -155,6 +155,22 @@ def training_ids(client: MlflowClient, run_id: str) -> set[str] | None:
     return set(text.split("\n")) if text else set()
 
 
+def contract_problems_of_version(client: MlflowClient, model_name: str, version) -> list[str]:
+    """What the prediction server would object to in a registered version: its `serving/` bundle
+    (inputs, feature order, dtype, classes, booster features) and its MLflow signature."""
+    from stellar_core.model_bundle import ContractMismatch
+    from stellar_core.registry import download_bundle
+
+    with tempfile.TemporaryDirectory(prefix="stellar-contract-") as tmp:
+        try:
+            problems = ModelBundle.load(download_bundle(client, version, tmp)).contract_problems()
+        except ContractMismatch as exc:  # load() refuses a mismatching bundle outright
+            problems = [str(exc)]
+        except FileNotFoundError as exc:
+            problems = [f"serving bundle missing: {exc}"]
+    return problems + signature_problems(client, model_name, version.version)
+
+
 def signature_problems(client: MlflowClient, model_name: str, version: str) -> list[str]:
     """How the registered MLflow model's signature differs from the 13 float32 features."""
     import mlflow.models

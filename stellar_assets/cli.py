@@ -1,0 +1,52 @@
+"""`stellar`: the project's command line.
+
+Subcommands import what they need when they run, so `stellar classify` never
+pays for importing Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="the main job: ingest every week, train, promote, serve")
+    demo.add_argument("--first-week", help="first week to ingest (YYYY-MM-DD, a Sunday); default: all")
+    demo.add_argument("--last-week", help="last week to ingest; default: all")
+    sub.add_parser("ui", help="open the Dagster UI (dagster dev) on the main job's instance")
+    sub.add_parser("serve", help="run the gRPC prediction server (see stellar_serving)", add_help=False)
+    sub.add_parser("classify", help="classify objects through the prediction server", add_help=False)
+
+    if argv and argv[0] in ("serve", "classify"):
+        from stellar_serving.cli import main as serving_main
+
+        return serving_main(argv)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from stellar_assets.demo import run_demo
+
+        return run_demo(first_week=args.first_week, last_week=args.last_week)
+    if args.command == "ui":
+        return _open_ui()
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _open_ui() -> int:
+    from stellar_core.home import configure_environment, repo_root
+
+    configure_environment()
+    workspace = repo_root() / "workspace.yaml"
+    print(f"Dagster UI on the instance in {os.environ['DAGSTER_HOME']}: http://127.0.0.1:3000")
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    os.execv(dagster, [dagster, "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", "3000"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
