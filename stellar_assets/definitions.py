@@ -1,6 +1,8 @@
-"""The stellar code location: `dagster dev -w workspace.yaml` loads `defs` from here."""
+"""The stellar code location: `dagster dev -w workspace.yaml` loads `defs` from here.
 
-from __future__ import annotations
+One module per domain (ingestion, training, ...) exports its assets, jobs and
+resources; this file only puts them together.
+"""
 
 import warnings
 
@@ -9,8 +11,9 @@ import dagster as dg
 # BackfillPolicy is marked beta; it is what makes a backfill of every week one run.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from stellar_assets.ingestion import INGESTION_ASSETS
-from stellar_assets.resources import ingestion_resources
+from stellar_assets.ingestion import INGESTION_ASSETS  # noqa: E402
+from stellar_assets.resources import ingestion_resources  # noqa: E402
+from stellar_assets.training import TRAINING_ASSETS, TRAINING_CHECKS, train_and_promote_job, training_resources  # noqa: E402
 
 ingestion_job = dg.define_asset_job(
     "ingestion_job",
@@ -19,7 +22,8 @@ ingestion_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*INGESTION_ASSETS],
-    jobs=[ingestion_job],
-    resources={**ingestion_resources()},
+    assets=[*INGESTION_ASSETS, *TRAINING_ASSETS],
+    asset_checks=[*TRAINING_CHECKS],
+    jobs=[ingestion_job, train_and_promote_job],
+    resources={**ingestion_resources(), **training_resources()},
 )
