@@ -11,6 +11,9 @@ import warnings
 
 import dagster as dg
 
+# dagster-mlflow and allow_nonexistent_upstream_partitions are marked beta; we rely on both knowingly.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
 from stellar_assets.training.assets import (
     CHECK_NAMES,
     DEFAULT_WINDOW_WEEKS,
@@ -27,8 +30,6 @@ from stellar_assets.training.resources import (
 )
 from stellar_assets.training.selection import model_selection
 from stellar_assets.training.summary import describe_champion
-
-warnings.filterwarnings("ignore", category=dg.BetaWarning)  # dagster-mlflow is marked beta
 
 TRAINING_ASSETS = [*PARTITIONED_TRAINING_ASSETS, model_selection]
 TRAINING_CHECKS: list = []

@@ -7,6 +7,7 @@ Dagster run; registry calls go through an explicit MlflowClient.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,11 @@ from stellar_core.model_bundle import SERVING_ARTIFACT_DIR, ModelBundle  # noqa:
 from stellar_core.training import Evaluation, describe_training_data  # noqa: E402
 
 TRAINING_IDS_ARTIFACT = "training/object_ids.txt"
+
+# Requirements are given explicitly (no inference to warn about), and MLflow 3 registering
+# `runs:/<id>/model` through the LoggedModel it created is expected: keep both quiet.
+for _noisy in ("mlflow.utils.environment", "mlflow.utils.uv_utils", "mlflow.tracking._model_registry.fluent"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,137 @@
+"""Champion/challenger on real Dagster runs, a real MLflow SQLite store and real ingested weeks."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+from mlflow.tracking import MlflowClient
+
+from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_core.registry import champion_as_of, get_alias_version
+from tests.training.conftest import EARLY_WEEK, LATE_WEEK, STRONG, WEAK, check_of, metadata_of
+
+
+def _client(store) -> MlflowClient:
+    return MlflowClient(store.tracking_uri)
+
+
+def test_better_challenger_is_promoted_and_alias_matches_metadata(store, model_name):
+    first = store.train(model_name, EARLY_WEEK, WEAK)
+    assert first.success
+    assert metadata_of(first, "champion_model")["decision"] == "promoted"  # no champion yet
+
+    second = store.train(model_name, LATE_WEEK, STRONG)
+    assert second.success
+    champion = metadata_of(second, "champion_model")
+    challenger = metadata_of(second, "challenger_model")
+    assert champion["decision"] == "promoted"
+    assert champion["champion_version"] == challenger["model_version"] == champion["challenger_version"]
+    assert champion["previous_champion_version"] == metadata_of(first, "challenger_model")["model_version"]
+    assert champion["delta"] > 0 and champion["comparison"]["rows_compared"] >= 20
+    # The comparison leaves out test rows the old champion trained on.
+    assert champion["comparison"]["rows_excluded_seen_by_champion"] > 0
+
+    alias = get_alias_version(_client(store), model_name)
+    assert str(alias.version) == champion["alias_version"] == champion["champion_version"]
+    assert alias.run_id == challenger["mlflow_run_id"]
+    assert alias.tags[TAG_WINDOW_FIRST] == "2012-05-06" and alias.tags[TAG_WINDOW_LAST] == LATE_WEEK
+    assert check_of(second, "beats_champion").passed
+
+
+def test_worse_challenger_leaves_champion_and_run_succeeds(store, model_name):
+    assert store.train(model_name, EARLY_WEEK, STRONG).success
+    client = _client(store)
+    champion_before = get_alias_version(client, model_name)
+
+    result = store.train(model_name, LATE_WEEK, WEAK)
+    assert result.success  # losing to the champion is a normal outcome, not a failed run
+    verdict = check_of(result, "beats_champion")
+    assert not verdict.passed and verdict.severity == dg.AssetCheckSeverity.WARN
+    numbers = {k: v.value for k, v in verdict.metadata.items()}
+    assert numbers["delta"] < 0 and numbers["champion_score"] > numbers["challenger_score"]
+    assert "loses to" in verdict.description
+
+    champion = metadata_of(result, "champion_model")
+    assert champion["decision"] == "retained"
+    assert champion["champion_version"] == str(champion_before.version) == champion["alias_version"]
+    assert champion["summary"].startswith(f"retained v{champion_before.version}, challenger v")
+    assert champion["delta"] == numbers["delta"]  # the check and the promotion ran the same comparison
+    assert get_alias_version(client, model_name).version == champion_before.version
+    loser = client.get_model_version(model_name, champion["challenger_version"])
+    assert loser.tags["promotion_decision"] == f"retained at {LATE_WEEK}"
+
+
+def test_challenger_below_floors_is_blocked(store, model_name):
+    assert store.train(model_name, EARLY_WEEK, STRONG).success
+    client = _client(store)
+    champion_before = get_alias_version(client, model_name)
+
+    result = store.train(model_name, LATE_WEEK, WEAK, accuracy_floor=0.95, recall_floors={"QSO": 0.9})
+    assert not result.success  # a broken challenger is an error
+    floors = check_of(result, "quality_floors")
+    assert not floors.passed and floors.severity == dg.AssetCheckSeverity.ERROR
+    assert "< floor 0.9500" in floors.description and "recall of QSO" in floors.description
+    assert floors.metadata["accuracy_floor"].value == 0.95
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "champion_model" not in materialized
+    assert get_alias_version(client, model_name).version == champion_before.version
+    rejected = metadata_of(result, "challenger_model")["model_version"]
+    assert client.get_model_version(model_name, rejected).tags["gate_status"].startswith("failed: accuracy")
+
+
+def test_latency_over_budget_is_blocked(store, model_name):
+    result = store.train(model_name, EARLY_WEEK, STRONG, single_row_latency_budget_ms=1e-9)
+    assert not result.success
+    latency = check_of(result, "latency_budget")
+    assert not latency.passed and "budget 0.000 ms" in latency.description
+    assert get_alias_version(_client(store), model_name) is None
+
+
+def test_same_partition_twice_gives_same_split_and_metrics(store, model_name):
+    first = store.train(model_name, EARLY_WEEK, STRONG)
+    second = store.train(model_name, EARLY_WEEK, STRONG)
+    assert first.success and second.success
+    split_a, split_b = metadata_of(first, "train_test_split"), metadata_of(second, "train_test_split")
+    assert split_a["class_mix_json"] == split_b["class_mix_json"] and split_a["split_seed"] == split_b["split_seed"]
+    client = _client(store)
+    runs = [client.get_run(metadata_of(r, "challenger_model")["mlflow_run_id"]) for r in (first, second)]
+    assert runs[0].info.run_id != runs[1].info.run_id  # one MLflow run per Dagster run
+    quality = [{k: v for k, v in run.data.metrics.items() if not k.startswith(("latency_", "train_seconds"))}
+               for run in runs]
+    assert quality[0] == quality[1] and "accuracy" in quality[0]
+    # Ties the previous champion of the same week: promoted again, the run says so.
+    assert metadata_of(second, "champion_model")["decision"] == "promoted"
+
+
+def test_champion_as_of_never_returns_a_model_that_saw_the_week(store, model_name):
+    # A backfill out of order: the later week first.
+    late = store.train(model_name, LATE_WEEK, STRONG)
+    early = store.train(model_name, EARLY_WEEK, STRONG)
+    assert late.success and early.success
+    client = _client(store)
+    late_version = metadata_of(late, "challenger_model")["model_version"]
+    early_version = metadata_of(early, "challenger_model")["model_version"]
+    # The older model was promoted for its week, but production did not move back in time.
+    early_champion = metadata_of(early, "champion_model")
+    assert early_champion["decision"] == "promoted" and early_champion["alias_version"] == late_version
+    assert str(get_alias_version(client, model_name).version) == late_version
+
+    day = dt.date.fromisoformat("2012-04-01")
+    while day <= dt.date(2012, 8, 5):
+        week = day.isoformat()
+        version = champion_as_of(client, model_name, week)
+        if version is not None:
+            assert version.tags[TAG_WINDOW_LAST] < week, f"champion as of {week} trained through {version.tags[TAG_WINDOW_LAST]}"
+        day += dt.timedelta(days=7)
+    assert champion_as_of(client, model_name, EARLY_WEEK) is None
+    assert str(champion_as_of(client, model_name, LATE_WEEK).version) == early_version
+    assert str(champion_as_of(client, model_name, "2012-07-01").version) == late_version
+
+
+def test_empty_window_fails_with_a_clear_message(store, model_name):
+    result = store.train(model_name, "2011-01-02", STRONG)
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    message = failure.step_failure_data.error.message + str(failure.step_failure_data.user_failure_data)
+    assert "observation_features" in message
