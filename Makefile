@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: demo test test-stack ui serve benchmarks install system-deps clean
+.PHONY: demo test ui mlflow-ui serve install system-deps clean
 
 $(UV):
 	python3 -m venv .tools
@@ -33,6 +33,12 @@ test: install system-deps
 
 ui: install
 	$(VENV)/bin/stellar ui
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.stellar/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+serve: install
+	$(VENV)/bin/stellar serve
 
 clean:
 	rm -rf .stellar

@@ -11,6 +11,9 @@ import os
 import sys
 
 
+SERVING_COMMANDS = ("serve", "classify", "model-info", "reload")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
@@ -21,9 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ui", help="open the Dagster UI (dagster dev) on the main job's instance")
     sub.add_parser("serve", help="run the gRPC prediction server (see stellar_serving)", add_help=False)
     sub.add_parser("classify", help="classify objects through the prediction server", add_help=False)
+    sub.add_parser("model-info", help="show the model the prediction server answers with", add_help=False)
+    sub.add_parser("reload", help="ask the prediction server to reload the champion (admin)", add_help=False)
 
-    if argv and argv[0] in ("serve", "classify"):
+    if argv and argv[0] in SERVING_COMMANDS:
+        from stellar_core.home import mlflow_tracking_uri, project_home
         from stellar_serving.cli import main as serving_main
+
+        # Without other settings the server serves the embedded store's champion.
+        os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_tracking_uri())
+        os.environ.setdefault("STELLAR_MODEL_CACHE_DIR", str(project_home() / "model-cache"))
 
         return serving_main(argv)
     args = parser.parse_args(argv)

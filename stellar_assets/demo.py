@@ -65,8 +65,109 @@ def run_demo(first_week: str | None = None, last_week: str | None = None) -> int
             say(f"  {failure.step_failure_data.user_failure_data.description}")
         return 1
     say(_ingestion_summary(result, elapsed))
+
+    say(f"\n[2] Training: train_test_split -> challenger_model (gate checks) -> champion_model at week {last}")
+    started = time.perf_counter()
+    result = defs.resolve_job_def("train_and_promote").execute_in_process(
+        instance=instance, run_config=QUIET_LOGS, partition_key=last, raise_on_error=False,
+        tags={"stellar/step": "training"},
+    )
+    if not result.success:
+        say(f"Training run {result.run_id} FAILED after {time.perf_counter() - started:.1f} s:")
+        _print_failures(result)
+        return 1
+    from stellar_assets.training import describe_champion
+
+    say(f"Run {result.run_id}: done in {time.perf_counter() - started:.1f} s")
+    say(describe_champion())
+
+    say("\n[3] Serving: the gRPC prediction server on the champion, asked about a few real objects")
+    if _serve_and_classify() != 0:
+        return 1
     say(f"\nOpen the Dagster UI on this instance:  make ui   (DAGSTER_HOME={instance.root_directory})")
+    say("Open the MLflow UI on the same store:  make mlflow-ui")
+    say("Run the prediction server:             make serve")
     return 0
+
+
+def _print_failures(result) -> None:
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            detail = data.user_failure_data.description if data.user_failure_data else (data.error.message if data.error else "")
+            say(f"  - {event.step_key}: {detail}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
+            evaluation = event.event_specific_data
+            say(f"  - check {evaluation.check_name} did not pass: {evaluation.description or ''}")
+            for key, value in evaluation.metadata.items():
+                say(f"      {key}: {getattr(value, 'value', value)}")
+
+
+def _serve_and_classify(n_objects: int = 6) -> int:
+    """Start `stellar serve` as its own process on free ports and classify a few objects of the last weeks."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from stellar_core.contract import MODEL_INPUTS
+    from stellar_core.home import data_dir, mlflow_tracking_uri, project_home
+    from stellar_serving.client import StellarClient
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_tracking_uri(), "STELLAR_GRPC_HOST": "127.0.0.1",
+           "STELLAR_GRPC_PORT": str(port), "STELLAR_METRICS_HOST": "127.0.0.1", "STELLAR_METRICS_PORT": str(metrics_port),
+           "STELLAR_MODEL_CACHE_DIR": str(project_home() / "model-cache")}
+    log_path = project_home() / "demo-server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "stellar_serving", "serve"], env=env, stdout=log, stderr=log)
+    try:
+        with StellarClient(f"127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while client_health(client) != "SERVING":
+                if server.poll() is not None or time.monotonic() > deadline:
+                    say(f"the prediction server did not come up; its log: {log_path}")
+                    return 1
+                time.sleep(0.3)
+            info = client.model_info()
+            say(f"server on 127.0.0.1:{port} answers with {info.model_name} v{info.model_version} "
+                f"(metrics on http://127.0.0.1:{metrics_port}/metrics)")
+            sample = _recent_real_objects(data_dir(), n_objects)
+            results = client.classify_batch(sample[list(MODEL_INPUTS)].to_dict("records"))
+            say(f"  {'object':>20}  {'true':6}  {'predicted':9}  probabilities")
+            for (_, row), res in zip(sample.iterrows(), results):
+                probs = "  ".join(f"{k} {v:.3f}" for k, v in res.probabilities.items())
+                say(f"  {row['object_id']:>20}  {row['label']:6}  {res.predicted_class:9}  {probs}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return 0
+
+
+def client_health(client) -> str:
+    import grpc
+
+    try:
+        return client.health(timeout=2)
+    except grpc.RpcError:
+        return "UNAVAILABLE"
+
+
+def _recent_real_objects(store, n: int):
+    """A few objects of each class from the stored features of the last weeks with data."""
+    import pandas as pd
+
+    files = sorted((store / "observation_features").glob("*.parquet"), reverse=True)[:60]
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    per_class = max(1, n // 3)
+    return frame.groupby("label", group_keys=False).head(per_class).reset_index(drop=True)
 
 
 def _ingestion_summary(result, elapsed: float) -> str:
