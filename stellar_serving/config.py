@@ -47,6 +47,11 @@ class ServingConfig:
     max_concurrent_streams: int = _env(
         "STELLAR_MAX_CONCURRENT_STREAMS", 16, "ClassifyStream calls open at once (server-wide)")
     max_workers: int = _env("STELLAR_MAX_WORKERS", 16, "threads for unary calls (streams get their own on top)")
+    predict_threads: int = _env(
+        "STELLAR_PREDICT_THREADS", 0, "booster threads for large batches (0: all cores)")
+    parallel_batch_min: int = _env(
+        "STELLAR_PARALLEL_BATCH_MIN", 256,
+        "smaller requests predict on one thread (OpenMP start-up costs more than it saves, and stalls under load)")
     max_concurrent_rpcs: int = _env(
         "STELLAR_MAX_CONCURRENT_RPCS", 256, "calls in progress or queued before RESOURCE_EXHAUSTED")
     shutdown_grace_seconds: float = _env(

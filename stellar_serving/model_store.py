@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from stellar_core.contract import CLASSES, INPUT_RANGES, MODEL_INPUTS
+from stellar_core.features import derive_feature_matrix
 from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ModelBundle
 
 from stellar_serving.config import ServingConfig
@@ -62,6 +63,12 @@ class LoadedModel:
     source: str  # "registry" or "cache"
     training_window: tuple[str, str] = ("", "")
     metrics: dict = field(default_factory=dict, compare=False)
+    # A single-threaded copy of the booster for small requests: concurrency comes
+    # from the server's threads (inplace_predict releases the GIL); an OpenMP
+    # team per one-object call costs more than the prediction, and on a busy
+    # machine a team waiting for a core stalls the call for milliseconds.
+    single_threaded: object = field(default=None, repr=False, compare=False)
+    parallel_batch_min: int = 256
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -73,7 +80,10 @@ class LoadedModel:
 
     def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] raw inputs -> float32 [n, 3]: derive_feature_matrix, then the booster."""
-        return self.bundle.predict_proba_inputs(inputs)
+        if self.single_threaded is None or len(inputs) >= self.parallel_batch_min:
+            return self.bundle.predict_proba_inputs(inputs)
+        out = self.single_threaded.inplace_predict(derive_feature_matrix(inputs))
+        return np.asarray(out, dtype=np.float32).reshape(-1, len(CLASSES))
 
 
 @dataclass(frozen=True)
@@ -247,11 +257,17 @@ class ModelStore:
             tags.get(TAG_WINDOW_LAST) or _card_window(card, "last"),
         )
         metrics = {k: float(v) for k, v in (card.get("metrics") or {}).items() if _is_number(v)}
+        if self.config.predict_threads > 0:
+            bundle.booster.set_param({"nthread": self.config.predict_threads})
+        single = bundle.booster.copy()
+        single.set_param({"nthread": 1})
+        single.inplace_predict(derive_feature_matrix(probe))  # warm up
         return LoadedModel(
             name=meta.get("name", self.config.model_name), version=str(meta["version"]),
             alias=meta.get("alias", self.config.model_alias), run_id=meta.get("run_id", ""),
             bundle=bundle, loaded_at=time.time(), source=source,
             training_window=(window[0] or "", window[1] or ""), metrics=metrics,
+            single_threaded=single, parallel_batch_min=self.config.parallel_batch_min,
         )
 
     def _swap(self, model: LoadedModel) -> None:
