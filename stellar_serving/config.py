@@ -52,6 +52,9 @@ class ServingConfig:
     parallel_batch_min: int = _env(
         "STELLAR_PARALLEL_BATCH_MIN", 256,
         "smaller requests predict on one thread (OpenMP start-up costs more than it saves, and stalls under load)")
+    micro_batch_max_rows: int = _env(
+        "STELLAR_MICRO_BATCH_MAX_ROWS", 64,
+        "concurrent requests smaller than this are predicted together (0: off)")
     max_concurrent_rpcs: int = _env(
         "STELLAR_MAX_CONCURRENT_RPCS", 256, "calls in progress or queued before RESOURCE_EXHAUSTED")
     shutdown_grace_seconds: float = _env(

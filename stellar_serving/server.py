@@ -1,7 +1,8 @@
 """Server bootstrap: configuration, TLS, interceptors (auth, metrics, logs), health,
 reflection, the model store, and a graceful shutdown that drains in-flight calls.
 
-    from stellar_serving.config import ServingConfig
+    from stellar_serving.batching import MicroBatcher
+from stellar_serving.config import ServingConfig
     from stellar_serving.server import StellarServer
     server = StellarServer(ServingConfig.from_env()).start()   # returns once the model is loaded (or not)
     server.wait_for_termination()  # or serve_forever(config): SIGTERM/SIGINT drain and stop
@@ -29,6 +30,7 @@ from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
 from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelStore
@@ -264,9 +266,11 @@ class StellarServer:
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
-        pb_grpc.add_ClassifierServicer_to_server(ClassifierServicer(self.store, config, self.metrics), self.server)
+        batcher = MicroBatcher(config.micro_batch_max_rows)  # shared: v1 and v2 calls batch together
+        pb_grpc.add_ClassifierServicer_to_server(
+            ClassifierServicer(self.store, config, self.metrics, batcher), self.server)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.store, config, self.metrics), self.server)
+            InferenceServicer(self.store, config, self.metrics, batcher), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVED_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server, pool=_reflection_pool())

@@ -23,6 +23,7 @@ from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
 from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, NoChampion, RegistryUnavailable
@@ -52,10 +53,12 @@ def _check_deadline(context: grpc.ServicerContext) -> None:
 
 
 class ClassifierServicer(pb_grpc.ClassifierServicer):
-    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics) -> None:
+    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
+                 batcher: MicroBatcher | None = None) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
+        self.batcher = batcher or MicroBatcher(config.micro_batch_max_rows)
         self._stream_slots = threading.BoundedSemaphore(config.max_concurrent_streams)
 
     # -- classification -----------------------------------------------------------
@@ -66,7 +69,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         _check_deadline(context)
         model = _current(self.store, context)
-        proba = model.predict_proba(inputs)
+        proba = self.batcher.predict(model, inputs)
         self.metrics.batch_size.labels(method).observe(len(objects))
         self.metrics.objects.labels(method).inc(len(objects))
         return _batch_response(objects, proba, model), model
@@ -168,10 +171,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     output__1 INT64 [-1]: index of the most probable class.
     """
 
-    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics) -> None:
+    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
+                 batcher: MicroBatcher | None = None) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
+        self.batcher = batcher or MicroBatcher(config.micro_batch_max_rows)
         self.version = _server_version()
 
     def ServerLive(self, request, context):
@@ -238,7 +243,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         _check_deadline(context)
         model = self._model_for(request.model_name, request.model_version, context)
-        proba = model.predict_proba(inputs)
+        proba = self.batcher.predict(model, inputs)
         n = len(inputs)
         self.metrics.batch_size.labels("ModelInfer").observe(n)
         self.metrics.objects.labels("ModelInfer").inc(n)

@@ -200,3 +200,36 @@ def test_registry_lost_while_serving_keeps_the_current_model(make_server, regist
     assert [probabilities_of(r) for r in batch.results] == registry.expected("2", inputs).tolist()
     assert conn.statuses() == {"SERVING"}
     assert server.metrics.reloads.labels("failed")._value.get() >= 2
+
+
+def test_micro_batcher_predicts_queued_requests_together_per_model(registry, sample_inputs):
+    from stellar_serving.batching import MicroBatcher
+    from stellar_serving.model_store import LoadedModel
+
+    models = {v: LoadedModel(name="stellar-classifier", version=v, alias="champion", run_id="", bundle=b,
+                             loaded_at=0.0, source="registry") for v, b in registry.bundles.items()}
+    batcher = MicroBatcher(max_rows=64)
+    with batcher._cv:
+        batcher._busy = True  # as if a prediction were running: arrivals must queue
+    jobs = [("1", sample_inputs[0:1]), ("2", sample_inputs[1:3]), ("1", sample_inputs[3:4]), ("2", sample_inputs[4:5])]
+    results: dict[int, np.ndarray] = {}
+
+    def call(k: int) -> None:
+        version, inputs = jobs[k]
+        results[k] = batcher.predict(models[version], inputs)
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(batcher._queue) < len(jobs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(batcher._queue) == len(jobs)  # all four wait for one turn
+    with batcher._cv:
+        batcher._busy = False
+        batcher._cv.notify_all()
+    for t in threads:
+        t.join(timeout=10)
+    for k, (version, inputs) in enumerate(jobs):
+        assert results[k].tolist() == registry.expected(version, inputs).tolist()
+    assert batcher._queue == [] and not batcher._busy
