@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def serve_main(argv: list[str] | None = None) -> int:
+    """Entry point for a `stellar-serve` script: `stellar serve` with its options."""
+    return main(["serve", *(sys.argv[1:] if argv is None else argv)])
+
+
 def _serve(args) -> int:
     from stellar_serving.config import ServingConfig
     from stellar_serving.server import serve_forever
