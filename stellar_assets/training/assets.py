@@ -207,32 +207,33 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
                          mlflow: dg.ResourceParam[MlFlow],
                          model_registry: ModelRegistry, promotion_gate: PromotionGate,
                          training_defaults: TrainingDefaults):
-        gate = promotion_gate.validated()
         week = context.partition_key
-        train, test = split_parts(train_test_split)
-        if len(test) == 0 or len(train) == 0:
-            raise dg.Failure(description=f"split of {week} has {len(train)} training and {len(test)} test rows")
-        window_first = window_first_week(week, window_weeks)
-        overrides = {k: v for k, v in config.model_dump().items() if k in XGBoostParams.field_names()}
-        try:
-            selected = read_defaults(training_defaults.selection_defaults_path)
-            params = XGBoostParams.from_layers(selected, overrides)
-        except TrainingInputError as exc:
-            raise dg.Failure(description=str(exc)) from exc
-        sources = {k: ("config" if overrides.get(k) is not None else "model_selection" if k in (selected or {}) else "built-in")
-                   for k in XGBoostParams.field_names()}
-
-        started = time.perf_counter()
-        booster = train_booster(train, params)
-        train_seconds = time.perf_counter() - started
-        probabilities = predict_proba(booster, test)
-        evaluation = evaluate_booster(booster, test)
-        latency = measure_latency(booster, feature_matrix(test), config.latency_single_row_repeats)
-        importance = feature_importance(booster)
-
         tracking = mlflow  # dagster-mlflow's resource: the mlflow API bound to this Dagster run's MLflow run
-        client = model_registry.client()
+        # Enter at once: whatever fails below must end the MLflow run the resource opened.
         with dagster_mlflow_run(tracking, f"challenger {week}") as run:
+            gate = promotion_gate.validated()
+            train, test = split_parts(train_test_split)
+            if len(test) == 0 or len(train) == 0:
+                raise dg.Failure(description=f"split of {week} has {len(train)} training and {len(test)} test rows")
+            window_first = window_first_week(week, window_weeks)
+            overrides = {k: v for k, v in config.model_dump().items() if k in XGBoostParams.field_names()}
+            try:
+                selected = read_defaults(training_defaults.selection_defaults_path)
+                params = XGBoostParams.from_layers(selected, overrides)
+            except TrainingInputError as exc:
+                raise dg.Failure(description=str(exc)) from exc
+            sources = {k: ("config" if overrides.get(k) is not None else "model_selection" if k in (selected or {}) else "built-in")
+                       for k in XGBoostParams.field_names()}
+
+            started = time.perf_counter()
+            booster = train_booster(train, params)
+            train_seconds = time.perf_counter() - started
+            probabilities = predict_proba(booster, test)
+            evaluation = evaluate_booster(booster, test)
+            latency = measure_latency(booster, feature_matrix(test), config.latency_single_row_repeats)
+            importance = feature_importance(booster)
+
+            client = model_registry.client()
             run_id = run.info.run_id
             experiment_id = run.info.experiment_id
             mlflow.set_tags({

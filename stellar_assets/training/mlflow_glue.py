@@ -179,12 +179,19 @@ def contract_problems_of_version(client: MlflowClient, model_name: str, version)
 
 def signature_problems(client: MlflowClient, model_name: str, version: str) -> list[str]:
     """How the registered MLflow model's signature differs from the 13 float32 features."""
-    import mlflow.models
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
 
-    info = mlflow.models.get_model_info(f"models:/{model_name}/{version}")
-    if info.signature is None:
+    with tempfile.TemporaryDirectory(prefix="stellar-mlmodel-") as tmp:
+        try:
+            path = download_artifacts(artifact_uri=f"models:/{model_name}/{version}/MLmodel", dst_path=tmp,
+                                      tracking_uri=client.tracking_uri, registry_uri=client._registry_uri)
+        except Exception as exc:  # noqa: BLE001 - reported as a contract problem, with the cause
+            return [f"the registered MLflow model has no readable MLmodel: {exc}"]
+        signature = Model.load(path).signature
+    if signature is None:
         return ["the registered MLflow model has no signature"]
-    inputs = info.signature.inputs.to_dict()
+    inputs = signature.inputs.to_dict()
     names = [spec.get("name") for spec in inputs]
     problems = []
     if names != list(FEATURE_NAMES):

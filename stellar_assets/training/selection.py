@@ -39,22 +39,23 @@ class ModelSelectionConfig(dg.Config):
 def model_selection(context: dg.AssetExecutionContext, config: ModelSelectionConfig,
                     observation_features: pd.DataFrame, training_defaults: TrainingDefaults,
                     mlflow: dg.ResourceParam[MlFlow]) -> dg.Output:
-    unknown = sorted(set(config.families) - set(FAMILIES))
-    if unknown or not config.families:
-        raise dg.Failure(description=f"families must be a non-empty subset of {list(FAMILIES)}; unknown: {unknown}")
-    if "xgboost" not in config.families and config.write_defaults:
-        raise dg.Failure(description="write_defaults needs 'xgboost' among the families: the challenger trains XGBoost")
-    table = observation_features
-    if len(table) == 0:
-        raise dg.Failure(description="no observation_features stored: materialize some weeks first")
-    table = table.sort_values("object_id", kind="mergesort").reset_index(drop=True)
-    if config.max_rows is not None and len(table) > config.max_rows:
-        table = table.sample(n=config.max_rows, random_state=config.seed).reset_index(drop=True)
-    X, y = feature_matrix(table), label_indices(table[LABEL])
-
     tracking = mlflow  # dagster-mlflow's resource: the mlflow API bound to this Dagster run's MLflow run
     results = []
+    # Enter at once: whatever fails below must end the MLflow run the resource opened.
     with dagster_mlflow_run(tracking, "model selection") as parent:
+        unknown = sorted(set(config.families) - set(FAMILIES))
+        if unknown or not config.families:
+            raise dg.Failure(description=f"families must be a non-empty subset of {list(FAMILIES)}; unknown: {unknown}")
+        if "xgboost" not in config.families and config.write_defaults:
+            raise dg.Failure(description="write_defaults needs 'xgboost' among the families: the challenger trains XGBoost")
+        table = observation_features
+        if len(table) == 0:
+            raise dg.Failure(description="no observation_features stored: materialize some weeks first")
+        table = table.sort_values("object_id", kind="mergesort").reset_index(drop=True)
+        if config.max_rows is not None and len(table) > config.max_rows:
+            table = table.sample(n=config.max_rows, random_state=config.seed).reset_index(drop=True)
+        X, y = feature_matrix(table), label_indices(table[LABEL])
+
         mlflow.set_tags({"stellar_asset": "model_selection"})
         mlflow.log_params({"rows": len(table), "folds": config.folds, "families": ",".join(config.families),
                            "candidates_per_family": config.candidates_per_family, "seed": config.seed})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -77,3 +78,9 @@ def test_unreadable_defaults_are_an_error_naming_the_file(store, model_name, tmp
     assert not result.success
     failure = [e for e in result.all_events if e.is_step_failure][0]
     assert str(broken) in failure.step_failure_data.error.message + str(failure.step_failure_data.user_failure_data)
+    # The MLflow run dagster-mlflow opened for the failed Dagster run is closed as FAILED, not left active.
+    assert mlflow.active_run() is None
+    runs = MlflowClient(store.tracking_uri).search_runs(
+        [mlflow.get_experiment_by_name("stellar-tests").experiment_id],
+        filter_string=f"tags.dagster_run_id = '{result.run_id}'")
+    assert [run.info.status for run in runs] == ["FAILED"]

@@ -8,6 +8,7 @@ import dagster as dg
 from mlflow.tracking import MlflowClient
 
 from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_assets.training import describe_champion
 from stellar_core.registry import champion_as_of, get_alias_version
 from tests.training.conftest import EARLY_WEEK, LATE_WEEK, STRONG, WEAK, check_of, metadata_of
 
@@ -37,6 +38,8 @@ def test_better_challenger_is_promoted_and_alias_matches_metadata(store, model_n
     assert alias.run_id == challenger["mlflow_run_id"]
     assert alias.tags[TAG_WINDOW_FIRST] == "2012-05-06" and alias.tags[TAG_WINDOW_LAST] == LATE_WEEK
     assert check_of(second, "beats_champion").passed
+    text = describe_champion(model_name, store.tracking_uri)
+    assert text.startswith(f"{model_name} v{alias.version} is champion") and "recall_QSO" in text
 
 
 def test_worse_challenger_leaves_champion_and_run_succeeds(store, model_name):
@@ -97,6 +100,8 @@ def test_same_partition_twice_gives_same_split_and_metrics(store, model_name):
     client = _client(store)
     runs = [client.get_run(metadata_of(r, "challenger_model")["mlflow_run_id"]) for r in (first, second)]
     assert runs[0].info.run_id != runs[1].info.run_id  # one MLflow run per Dagster run
+    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
+    assert [run.data.tags["dagster_run_id"] for run in runs] == [first.run_id, second.run_id]
     quality = [{k: v for k, v in run.data.metrics.items() if not k.startswith(("latency_", "train_seconds"))}
                for run in runs]
     assert quality[0] == quality[1] and "accuracy" in quality[0]
