@@ -1,0 +1,473 @@
+"""Weekly monitoring: batch predictions, drift report (with its checks), serving report.
+
+    observation_features[W] -> batch_predictions[W] -> drift_report[W]  (checks: data_drift, prediction_drift,
+    observation_features[W-3..W], raw_observations[W-3..W] -^             performance_drift, rejected_rows)
+    prediction server /metrics -> serving_report[W]
+
+batch_predictions and drift_report run a whole range of weeks in one run
+(BackfillPolicy.single_run), like ingestion: the replay predicts and checks
+consecutive weeks in as few runs as possible.
+"""
+
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from stellar_core.contract import CLASSES  # noqa: E402
+from stellar_core.drift import (  # noqa: E402
+    DRIFT_FAMILIES,
+    NOT_ENOUGH_DATA,
+    build_drift_report,
+    choose_window,
+    summary_markdown,
+)
+from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix  # noqa: E402
+from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ModelBundle  # noqa: E402
+from stellar_core.registry import champion_as_of, load_bundle  # noqa: E402
+from stellar_core.weeks import week_keys_for_mjds  # noqa: E402
+from stellar_assets.monitoring.resources import (  # noqa: E402
+    PREDICTIONS_TABLE,
+    ServerUnreachable,
+)
+from stellar_assets.monitoring.serving_metrics import parse_metrics, week_figures  # noqa: E402
+from stellar_assets.partitions import observation_weeks  # noqa: E402
+from stellar_assets.training.resources import ensure_experiment  # noqa: E402
+
+MAX_TRAILING_WEEKS = 4  # the drift window mapping; DriftSettings.trailing_weeks may only lower it
+CHECK_DESCRIPTIONS = {
+    "data_drift": "No feature's distribution moved beyond its test's threshold (KS below 1000 rows, PSI above).",
+    "prediction_drift": "Predicted class mix inside [10%, 90%] per class and close to the champion's reference mix.",
+    "performance_drift": "Accuracy on the week's labels within 5 points of the champion's test accuracy.",
+    "rejected_rows": "Share of rejected (missing or unphysical) rows not above the reference share.",
+}
+
+
+# ---------------------------------------------------------------- champions
+
+class Champions:
+    """Champion versions, bundles, test accuracy and reference data, loaded once per run."""
+
+    def __init__(self, client: MlflowClient, model_name: str):
+        self.client, self.model_name = client, model_name
+        self._bundles: dict[str, ModelBundle] = {}
+        self._references: dict[str, dict] = {}
+
+    def as_of(self, week: str):
+        version = champion_as_of(self.client, self.model_name, week)
+        if version is None:
+            raise dg.Failure(description=(
+                f"no champion as of {week}: no promoted version of {self.model_name} trained only on weeks "
+                f"before {week}. Run train_and_promote for an earlier week first."))
+        last = (version.tags or {}).get(TAG_WINDOW_LAST, "")
+        if not last or last >= week:  # no peeking: a model that saw W never predicts W
+            raise dg.Failure(description=f"v{version.version} trained through {last!r}, not before {week}")
+        return version
+
+    def bundle(self, version) -> ModelBundle:
+        key = str(version.version)
+        if key not in self._bundles:
+            with tempfile.TemporaryDirectory(prefix="stellar-monitoring-") as tmp:
+                self._bundles[key] = load_bundle(self.client, version, tmp)
+        return self._bundles[key]
+
+    def test_accuracy(self, version) -> float | None:
+        return self.client.get_run(version.run_id).data.metrics.get("accuracy")
+
+
+def predict_table(bundle: ModelBundle, table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    if not len(table):
+        return np.empty((0, len(CLASSES)), dtype=np.float32), []
+    proba = bundle.predict_proba_features(feature_matrix(table))
+    return proba, [CLASSES[k] for k in proba.argmax(axis=1)]
+
+
+def load_partitions(io_manager, asset: str, first: str, last: str) -> pd.DataFrame:
+    """Stored partitions first..last of `asset` as one DataFrame (weeks never stored are skipped)."""
+    context = dg.build_input_context(
+        asset_key=dg.AssetKey(asset), asset_partitions_def=observation_weeks,
+        asset_partition_key_range=dg.PartitionKeyRange(first, last),
+        definition_metadata={"allow_missing_partitions": True},
+    )
+    value = io_manager.load_input(context)
+    return value if isinstance(value, pd.DataFrame) else pd.DataFrame()
+
+
+def _weeks_of_raw(raw: pd.DataFrame) -> pd.Series:
+    if raw.empty or "MJD" not in raw.columns:
+        return pd.Series([], dtype=str, index=raw.index)
+    return pd.Series(week_keys_for_mjds(raw["MJD"].to_numpy()), index=raw.index)
+
+
+def _mix(classes) -> dict[str, int]:
+    counts = pd.Series(list(classes), dtype=object).value_counts()
+    return {c: int(counts.get(c, 0)) for c in CLASSES}
+
+
+# ---------------------------------------------------------------- batch_predictions
+
+@dg.asset(
+    partitions_def=observation_weeks,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="monitoring",
+    kinds={"pandas", "sql"},
+    required_resource_keys={"model_registry", "predictions_db"},
+    description="Every object of week W classified by the champion as of W (trained only on earlier weeks), "
+    "with class probabilities and the model version; also upserted into the predictions table (a re-run "
+    "replaces the week's rows).",
+)
+def batch_predictions(context: dg.AssetExecutionContext, observation_features: pd.DataFrame):
+    keys = list(context.partition_keys)
+    registry = context.resources.model_registry
+    champions = Champions(registry.client(), registry.model_name)
+    features = observation_features if len(observation_features) else pd.DataFrame(columns=["week"])
+    per_week: dict[str, pd.DataFrame] = {}
+    versions: dict[str, object] = {}
+    for week in keys:
+        rows = features.loc[features["week"] == week].reset_index(drop=True)
+        version = champions.as_of(week)
+        versions[week] = version
+        proba, predicted = predict_table(champions.bundle(version), rows)
+        frame = pd.DataFrame({
+            "object_id": rows["object_id"].astype(str) if len(rows) else pd.Series([], dtype=str),
+            "week": week,
+            "mjd": rows["mjd"].astype("int64") if len(rows) else pd.Series([], dtype="int64"),
+            "predicted_class": pd.Series(predicted, dtype=object),
+            **{f"p_{c}": proba[:, k].astype(float) for k, c in enumerate(CLASSES)},
+            "model_version": str(version.version),
+            "label": rows[LABEL].astype(str) if LABEL in rows.columns and len(rows) else pd.Series([], dtype=object),
+        })
+        per_week[week] = frame
+    everything = pd.concat(list(per_week.values()), ignore_index=True)
+    stored = context.resources.predictions_db.replace_weeks(everything, keys, context.run_id)
+    context.log.info("%d predictions for %d week(s) stored in table %s (weeks replaced, not appended)",
+                     stored, len(keys), PREDICTIONS_TABLE)
+    for week, frame in per_week.items():
+        version = versions[week]
+        tags = version.tags or {}
+        context.add_asset_metadata({
+            "rows": dg.MetadataValue.int(len(frame)),
+            "class_mix": dg.MetadataValue.json(_mix(frame["predicted_class"])),
+            "model_version": dg.MetadataValue.text(str(version.version)),
+            "model_training_window": f"{tags.get(TAG_WINDOW_FIRST)}..{tags.get(TAG_WINDOW_LAST)}",
+            "predictions_table": PREDICTIONS_TABLE,
+        }, partition_key=week)
+    return per_week if len(keys) > 1 else per_week[keys[0]]
+
+
+# ---------------------------------------------------------------- drift_report
+
+def _window_mapping() -> dg.TimeWindowPartitionMapping:
+    return dg.TimeWindowPartitionMapping(start_offset=-(MAX_TRAILING_WEEKS - 1), end_offset=0,
+                                         allow_nonexistent_upstream_partitions=True)
+
+
+def distribution_figure(reference: pd.DataFrame, current: pd.DataFrame, report: dict, title: str,
+                        panels: int = 7):
+    """Reference vs current density of the most-shifted features (drifted ones in red) and the class mix.
+    Only the `panels` largest shifts (Wasserstein, drifted first) are drawn: the JSON has every feature."""
+    drifted = set(report.get("drifted_features", []))
+    ranked = sorted(report.get("features") or [{"feature": f} for f in FEATURE_NAMES],
+                    key=lambda f: (f["feature"] not in drifted, -(f.get("wasserstein_sd") or 0.0)))
+    shown = [f["feature"] for f in ranked[:panels]]
+    fig, axes = plt.subplots(2, 4, figsize=(11, 5), dpi=72)
+    for ax, name in zip(axes.flat, shown):
+        ref, cur = reference[name].dropna().to_numpy(), current[name].dropna().to_numpy()
+        both = np.concatenate([ref, cur]) if len(cur) else ref
+        low, high = np.quantile(both, [0.005, 0.995]) if len(both) else (0, 1)
+        bins = np.linspace(low, high if high > low else low + 1, 30)
+        # Step outlines, not bar patches: one artist per curve keeps the figure fast to draw.
+        for values, label, colour in ((ref, "reference", "tab:blue"),
+                                      (cur, "current", "tab:red" if name in drifted else "tab:orange")):
+            if len(values):
+                density, _ = np.histogram(values, bins=bins, density=True)
+                ax.stairs(density, bins, fill=label == "reference", alpha=0.5 if label == "reference" else 1.0,
+                          label=label, color=colour)
+        ax.set_title(name + (" (drift)" if name in drifted else ""), fontsize=9, color="red" if name in drifted else "black")
+        ax.tick_params(labelsize=7)
+    mix_ax = axes.flat[-1]
+    prediction = report.get("prediction", {})
+    for offset, (label, key) in enumerate((("reference", "reference_shares"), ("current", "shares"))):
+        shares = prediction.get(key) or {}
+        mix_ax.bar(np.arange(len(CLASSES)) + offset * 0.4, [shares.get(c, 0) for c in CLASSES], width=0.4, label=label)
+    mix_ax.axhline(0.9, color="grey", linestyle=":")
+    mix_ax.axhline(0.1, color="grey", linestyle=":")
+    mix_ax.set_xticks(np.arange(len(CLASSES)) + 0.2, CLASSES, fontsize=8)
+    mix_ax.set_title("predicted class mix", fontsize=9)
+    mix_ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(shown):-1]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _log_to_mlflow(client: MlflowClient, experiment_id: str, run_name: str, tags: dict, metrics: dict,
+                   documents: dict[str, dict], figures: dict) -> tuple[str, str]:
+    """One MLflow run holding the report; returns (run_id, artifact_uri)."""
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    try:
+        for key, value in metrics.items():
+            if value is not None and np.isfinite(value):
+                client.log_metric(run_id, key, float(value))
+        for path, document in documents.items():
+            client.log_dict(run_id, document, path)
+        for path, fig in figures.items():
+            with tempfile.TemporaryDirectory(prefix="stellar-plot-") as tmp:
+                target = Path(tmp) / Path(path).name
+                fig.savefig(target, dpi=72)
+                parent = str(Path(path).parent)
+                client.log_artifact(run_id, str(target), None if parent == "." else parent)
+            plt.close(fig)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id)
+    return run_id, run.info.artifact_uri
+
+
+def _check_results(reports: dict[str, dict]) -> list[dg.AssetCheckResult]:
+    """One result per family for the weeks of this run: which weeks and features, by how much, which threshold."""
+    results = []
+    for family in DRIFT_FAMILIES:
+        flagged = {w: r for w, r in reports.items() if r["flags"].get(family)}
+        short = [w for w, r in reports.items() if r["status"] == NOT_ENOUGH_DATA]
+        lines = []
+        for week, report in flagged.items():
+            if family == "data_drift":
+                detail = ", ".join(
+                    f"{f['feature']} ({f['test']} {f['statistic']:.3f}, {f['threshold']}; {f['wasserstein_sd']:.2f} sd)"
+                    for f in report["features"] if f["drifted"])
+            else:
+                part = {"prediction_drift": "prediction", "performance_drift": "performance",
+                        "rejected_rows": "rejected"}[family]
+                detail = f"{report[part].get('reason')} (threshold: {report[part].get('threshold')})"
+            lines.append(f"- {week} (weeks {report['window'][0]}..{report['window'][-1]}): {detail}")
+        if flagged:
+            description = f"{family.replace('_', ' ')} in {len(flagged)} of {len(reports)} week(s): " + "; ".join(flagged)
+        elif len(short) == len(reports):
+            description = f"not enough data in {', '.join(short)}: nothing tested, no alarm"
+        else:
+            description = f"no {family.replace('_', ' ')} in {len(reports) - len(short)} tested week(s)" + (
+                f"; not enough data in {len(short)}" if short else "")
+        metadata = {"weeks_flagged": dg.MetadataValue.json(sorted(flagged)),
+                    "weeks_not_enough_data": dg.MetadataValue.json(short)}
+        if lines:
+            metadata["details"] = dg.MetadataValue.md("\n".join(lines))
+        results.append(dg.AssetCheckResult(check_name=family, asset_key="drift_report", passed=not flagged,
+                                           severity=dg.AssetCheckSeverity.WARN, description=description[:2000],
+                                           metadata=metadata))
+    return results
+
+
+@dg.asset(
+    partitions_def=observation_weeks,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="monitoring",
+    kinds={"scipy", "mlflow"},
+    ins={
+        "batch_predictions": dg.AssetIn(),
+        "observation_features": dg.AssetIn(partition_mapping=_window_mapping(),
+                                           metadata={"allow_missing_partitions": True}),
+        "raw_observations": dg.AssetIn(partition_mapping=_window_mapping(),
+                                       metadata={"allow_missing_partitions": True}),
+    },
+    required_resource_keys={"model_registry", "drift_settings", "io_manager"},
+    check_specs=[dg.AssetCheckSpec(name, asset="drift_report", description=text, blocking=False)
+                 for name, text in CHECK_DESCRIPTIONS.items()],
+    description="Week W (or W and up to 3 earlier weeks when W alone has too few rows) against the champion's "
+    "training data: per-feature data drift, prediction drift, performance drift and rejected rows. JSON report "
+    "and plots in MLflow (experiment stellar-monitoring), summary here.",
+)
+def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFrame,
+                 observation_features: pd.DataFrame, raw_observations: pd.DataFrame):
+    keys = list(context.partition_keys)
+    settings = context.resources.drift_settings
+    thresholds = settings.thresholds()
+    if thresholds.trailing_weeks > MAX_TRAILING_WEEKS:
+        raise dg.Failure(description=f"drift_settings.trailing_weeks={thresholds.trailing_weeks} exceeds the "
+                         f"{MAX_TRAILING_WEEKS} weeks the asset loads")
+    registry = context.resources.model_registry
+    client = registry.client()
+    champions = Champions(client, registry.model_name)
+    experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_root)
+
+    features = observation_features if len(observation_features) else pd.DataFrame(columns=["week", *FEATURE_NAMES])
+    raw_weeks = _weeks_of_raw(raw_observations)
+    predictions = batch_predictions if len(batch_predictions) else pd.DataFrame(columns=["week", "model_version"])
+    week_rows = features.groupby("week").size().to_dict()
+
+    reports: dict[str, dict] = {}
+    for week in keys:
+        stored = predictions.loc[predictions["week"] == week, "model_version"].unique()
+        version = champions.as_of(week)
+        if len(stored) and str(stored[0]) != str(version.version):
+            raise dg.Failure(description=f"batch_predictions[{week}] came from v{stored[0]} but the champion as of "
+                             f"{week} is v{version.version}: re-materialize batch_predictions first")
+        candidates = [k for k in observation_weeks.get_partition_keys_in_range(
+            dg.PartitionKeyRange(_weeks_back(week, thresholds.trailing_weeks - 1), week))]
+        window = choose_window({k: int(week_rows.get(k, 0)) for k in candidates}, week, thresholds)
+        current = features.loc[features["week"].isin(window)].reset_index(drop=True)
+        raw_in = int(raw_weeks.isin(window).sum())
+        reference_key = str(version.version)
+        if reference_key not in champions._references:
+            first, last = (version.tags or {}).get(TAG_WINDOW_FIRST), version.tags[TAG_WINDOW_LAST]
+            io_manager = context.resources.io_manager
+            ref_features = load_partitions(io_manager, "observation_features", first, last)
+            ref_raw = load_partitions(io_manager, "raw_observations", first, last)
+            if ref_features.empty:
+                raise dg.Failure(description=f"no stored observation_features for v{version.version}'s training "
+                                 f"window {first}..{last}: ingest those weeks first")
+            _, ref_predicted = predict_table(champions.bundle(version), ref_features)
+            champions._references[reference_key] = {
+                "features": ref_features, "predicted": ref_predicted, "rows_in": len(ref_raw),
+                "rejected": max(0, len(ref_raw) - len(ref_features)), "window": [first, last],
+                "accuracy": champions.test_accuracy(version)}
+        reference = champions._references[reference_key]
+        _, current_predicted = predict_table(champions.bundle(version), current)
+        report = build_drift_report(
+            reference=reference["features"], current=current, features=FEATURE_NAMES,
+            current_predictions=current_predicted, reference_predictions=reference["predicted"],
+            labels=list(current[LABEL]) if LABEL in current.columns else None,
+            champion_accuracy=reference["accuracy"], rows_in=raw_in,
+            rows_rejected=max(0, raw_in - len(current)), reference_rows_in=reference["rows_in"],
+            reference_rows_rejected=reference["rejected"], thresholds=thresholds)
+        report.update(week=week, window=window, window_note=(
+            f"week {week} alone" if window == [week] else
+            f"{week} had {int(week_rows.get(week, 0))} rows: tested with {len(window) - 1} earlier week(s)"),
+            champion_version=str(version.version), reference_window=reference["window"])
+        title = f"drift {week} vs champion v{version.version} (trained {reference['window'][0]}..{reference['window'][1]})"
+        summary = summary_markdown(report, title)
+        metadata = {
+            "status": report["status"],
+            "drift_detected": dg.MetadataValue.bool(report["drift_detected"]),
+            "drift_flags": dg.MetadataValue.json(report["flags"]),
+            "failed_checks": dg.MetadataValue.json([k for k, v in report["flags"].items() if v]),
+            "drifted_features": dg.MetadataValue.json(report.get("drifted_features", [])),
+            "reason": report["reason"],
+            "weeks_tested": dg.MetadataValue.json(window),
+            "window_note": report["window_note"],
+            "rows_tested": dg.MetadataValue.int(len(current)),
+            "champion_version": dg.MetadataValue.text(str(version.version)),
+            "summary": dg.MetadataValue.md(summary),
+        }
+        accuracy = report.get("performance", {}).get("accuracy")
+        if accuracy is not None:
+            metadata["accuracy"] = dg.MetadataValue.float(float(accuracy))
+        if len(current):
+            figures = {"drift/distributions.png": distribution_figure(reference["features"], current, report, title)} \
+                if settings.plots and report["features"] else {}
+            run_id, artifact_uri = _log_to_mlflow(
+                client, experiment_id, f"drift {week}",
+                tags={"week": week, "stellar_asset": "drift_report", "champion_version": str(version.version),
+                      "dagster_run_id": context.run_id, "drift_status": report["status"]},
+                metrics={"drift_detected": float(report["drift_detected"]), "rows_tested": float(len(current)),
+                         "features_drifted": float(len(report.get("drifted_features", []))),
+                         **({"accuracy": float(accuracy)} if accuracy is not None else {})},
+                documents={"drift/drift_report.json": json.loads(json.dumps(report, default=_json_default))},
+                figures=figures)
+            metadata["mlflow_run"] = dg.MetadataValue.url(registry.run_url(experiment_id, run_id))
+            metadata["report_json"] = dg.MetadataValue.text(f"{artifact_uri}/drift/drift_report.json")
+            if figures:
+                metadata["distribution_plot"] = dg.MetadataValue.text(f"{artifact_uri}/drift/distributions.png")
+            report["mlflow_run_id"] = run_id
+        else:
+            metadata["note"] = "no rows in the window: nothing to test or log"
+        context.add_asset_metadata(metadata, partition_key=week)
+        reports[week] = json.loads(json.dumps(report, default=_json_default))
+    yield from _check_results(reports)
+    yield dg.Output(reports if len(keys) > 1 else reports[keys[0]])
+
+
+def _weeks_back(week: str, n: int) -> str:
+    import datetime as dt
+
+    start = (dt.date.fromisoformat(week) - dt.timedelta(days=7 * n)).isoformat()
+    return max(start, observation_weeks.get_first_partition_key())
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+# ---------------------------------------------------------------- serving_report
+
+@dg.asset(
+    partitions_def=observation_weeks,
+    backfill_policy=dg.BackfillPolicy.single_run(),  # same policy as its job mates; see below for ranges
+    group_name="monitoring",
+    kinds={"prometheus", "mlflow"},
+    required_resource_keys={"prediction_server", "predictions_db", "model_registry", "drift_settings"},
+    description="The prediction server's figures for the week (requests, error rate, latency percentiles, model "
+    "versions served), from its Prometheus endpoint; counters are differenced against the previous week's "
+    "snapshot. 'server not reachable' is a reported state. In a run over several weeks only the last week "
+    "is measured (a scrape cannot be split by past weeks); the others say so.",
+)
+def serving_report(context: dg.AssetExecutionContext):
+    keys = list(context.partition_keys)
+    reports = {week: {"week": week, "status": "not_measured",
+                      "reason": f"scraped once for {keys[-1]}: past weeks cannot be measured afterwards"}
+               for week in keys[:-1]}
+    for week in keys[:-1]:
+        context.add_asset_metadata({"status": "not_measured", "reason": reports[week]["reason"]}, partition_key=week)
+    report, metadata = _serving_week(context, keys[-1])
+    reports[keys[-1]] = report
+    context.add_asset_metadata(metadata, partition_key=keys[-1])
+    return reports if len(keys) > 1 else report
+
+
+def _serving_week(context, week: str) -> tuple[dict, dict]:
+    server = context.resources.prediction_server
+    database = context.resources.predictions_db
+    try:
+        text = server.metrics_text()
+    except ServerUnreachable as exc:
+        report = {"week": week, "status": "server_not_reachable", "reason": str(exc), "metrics_url": server.metrics_url}
+        context.log.warning(str(exc))
+        return report, {"status": "server_not_reachable", "reason": str(exc),
+                        "summary": dg.MetadataValue.md(f"**server not reachable**: {exc}")}
+    snapshot = parse_metrics(text)
+    taken_at = time.time()
+    previous = database.previous_snapshot(week)
+    figures = week_figures(snapshot, json.loads(previous) if previous else None)
+    database.save_snapshot(week, taken_at, json.dumps(snapshot))
+    report = {"week": week, "status": "ok", "metrics_url": server.metrics_url, "taken_at": taken_at, **figures}
+    registry = context.resources.model_registry
+    client = registry.client()
+    settings = context.resources.drift_settings
+    experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_root)
+    metrics = {k: figures[k] for k in ("requests", "errors", "error_rate", "latency_p50_ms", "latency_p95_ms",
+                                       "latency_p99_ms", "objects_classified") if figures.get(k) is not None}
+    run_id, artifact_uri = _log_to_mlflow(
+        client, experiment_id, f"serving {week}",
+        tags={"week": week, "stellar_asset": "serving_report", "dagster_run_id": context.run_id},
+        metrics=metrics, documents={"serving/serving_report.json": report}, figures={})
+    rate = "n/a" if figures["error_rate"] is None else f"{figures['error_rate']:.2%}"
+    lines = [f"**{figures['requests']} requests**, error rate {rate}",
+             f"latency p50/p95/p99: {figures['latency_p50_ms']} / {figures['latency_p95_ms']} / "
+             f"{figures['latency_p99_ms']} ms",
+             f"model versions served: {', '.join(figures['model_versions']) or 'none'}",
+             f"counting: {figures['counting']}"]
+    return report, {
+        "status": "ok", "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, run_id)),
+        "report_json": f"{artifact_uri}/serving/serving_report.json",
+        **{k: dg.MetadataValue.float(float(v)) for k, v in metrics.items()},
+        "model_versions": dg.MetadataValue.json(figures["model_versions"]),
+        "summary": dg.MetadataValue.md("\n\n".join(lines)),
+    }

@@ -1,0 +1,143 @@
+"""Automation: retrain when drift checks fail; hand the prediction server a new champion.
+
+`drift_retraining_sensor` reads the drift_report materializations recorded
+since its cursor, in storage order, and asks `retraining_decision`
+(stellar_core.drift) what to do with each. A request carries the run key
+`drift-retrain-<week>` (Dagster never launches the same key twice for a sensor;
+the sensor also skips keys that already have a run, so the replay, which
+launches in process, is covered too) and tags that say why, visible on the run
+in the UI. The cool-down is counted in observation weeks.
+
+`reload_prediction_server` fires on each successful train_and_promote run; when
+the run promoted, it calls the server's admin ReloadModel. A server that is
+down is reported as a skip: it polls the alias itself when it comes back.
+"""
+
+
+import os
+
+import dagster as dg
+from dagster._core.storage.dagster_run import RunsFilter
+
+from stellar_core.drift import retraining_decision
+from stellar_assets.monitoring.resources import PredictionServer, ServerUnreachable
+from stellar_assets.training import train_and_promote_job
+
+TRIGGER_TAG = "stellar/trigger"
+RETRAIN_WEEK_TAG = "stellar/retrain_for_week"
+REASON_TAG = "stellar/retrain_reason"
+FLAGS_TAG = "stellar/drift_flags"
+CHAMPION_TAG = "stellar/champion_at_drift"
+TRIGGER = "drift_retraining_sensor"
+RETRAIN_JOB = "train_and_promote"
+SENSOR_NAME = "drift_retraining_sensor"
+DEFAULT_COOLDOWN_WEEKS = 4
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+
+
+def cooldown_weeks_from_env() -> int:
+    raw = os.environ.get("STELLAR_RETRAIN_COOLDOWN_WEEKS", str(DEFAULT_COOLDOWN_WEEKS))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"STELLAR_RETRAIN_COOLDOWN_WEEKS must be a whole number of weeks, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"STELLAR_RETRAIN_COOLDOWN_WEEKS must be >= 0, got {value}")
+    return value
+
+
+def _runs_with(instance: dg.DagsterInstance, tags: dict, limit: int | None = None):
+    return instance.get_runs(filters=RunsFilter(job_name=RETRAIN_JOB, tags=tags), limit=limit)
+
+
+def last_retraining_week(instance: dg.DagsterInstance, up_to: str) -> str | None:
+    """The latest week (<= up_to) a drift-triggered retraining ran for."""
+    weeks = [run.tags.get(RETRAIN_WEEK_TAG) for run in _runs_with(instance, {TRIGGER_TAG: TRIGGER})]
+    weeks = [w for w in weeks if w and w <= up_to]
+    return max(weeks) if weeks else None
+
+
+def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSOR_NAME,
+                            minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
+    cooldown = cooldown_weeks_from_env() if cooldown_weeks is None else cooldown_weeks
+
+    @dg.sensor(
+        name=name, job_name=RETRAIN_JOB, minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Requests train_and_promote for week W when drift_report[W]'s checks fail; one run per "
+        f"week (run key), at most one per {cooldown} observation weeks (cool-down).",
+    )
+    def drift_retraining_sensor(context: dg.SensorEvaluationContext):
+        after = int(context.cursor) if context.cursor else None
+        result = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("drift_report"), after_storage_id=after),
+            limit=500, ascending=True)
+        if not result.records:
+            return dg.SkipReason("no new drift reports since the last tick")
+        requests: list[dg.RunRequest] = []
+        notes: list[str] = []
+        planned: list[str] = []  # weeks requested earlier in this tick count for the cool-down
+        for record in result.records:
+            materialization = record.asset_materialization
+            week = materialization.partition
+            metadata = {k: v.value for k, v in materialization.metadata.items()}
+            if week is None or "status" not in metadata:
+                continue
+            failed = list(metadata.get("failed_checks") or [])
+            last = max([w for w in [last_retraining_week(context.instance, week), *planned] if w and w <= week],
+                       default=None)
+            key = f"drift-retrain-{week}"
+            requested = bool(_runs_with(context.instance, {RUN_KEY_TAG: key}, limit=1)) or key in {
+                r.run_key for r in requests}
+            decision = retraining_decision(week, metadata["status"], failed, last, cooldown, requested)
+            notes.append(decision.reason)
+            if decision.retrain:
+                planned.append(week)
+                requests.append(dg.RunRequest(
+                    run_key=decision.run_key, partition_key=week,
+                    tags={TRIGGER_TAG: TRIGGER, RETRAIN_WEEK_TAG: week, REASON_TAG: decision.reason[:500],
+                          FLAGS_TAG: ",".join(failed), CHAMPION_TAG: str(metadata.get("champion_version", ""))}))
+        cursor = str(result.records[-1].storage_id)
+        if requests:
+            context.log.info("; ".join(notes))
+            return dg.SensorResult(run_requests=requests, cursor=cursor)
+        return dg.SensorResult(skip_reason=dg.SkipReason("; ".join(notes)[:1000] or "nothing to do"), cursor=cursor)
+
+    return drift_retraining_sensor
+
+
+def promotion_of_run(instance: dg.DagsterInstance, run_id: str) -> dict | None:
+    """champion_model's decision metadata in a run, or None when the run did not materialize it."""
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == dg.AssetKey("champion_model"):
+            return {k: v.value for k, v in materialization.metadata.items()}
+    return None
+
+
+def reload_after_promotion(instance: dg.DagsterInstance, run_id: str, server: PredictionServer) -> str:
+    """Call ReloadModel when `run_id` promoted; say what happened (never raises for a server that is down)."""
+    decision = promotion_of_run(instance, run_id)
+    if not decision or decision.get("decision") != "promoted":
+        return f"run {run_id[:8]} did not promote a champion ({(decision or {}).get('decision', 'no champion_model')})"
+    try:
+        answer = server.reload()
+    except ServerUnreachable as exc:
+        return f"promoted v{decision.get('champion_version')} but {exc}; the server picks it up by polling"
+    return (f"promoted v{decision.get('champion_version')}: server reloaded "
+            f"v{answer['previous_version']} -> v{answer['version']} (changed={answer['changed']})")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[train_and_promote_job],
+    name="reload_prediction_server",
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="After a successful train_and_promote run that promoted, the prediction server reloads the "
+    "champion (admin ReloadModel), without a restart.",
+)
+def reload_prediction_server(context: dg.RunStatusSensorContext, prediction_server: PredictionServer):
+    message = reload_after_promotion(context.instance, context.dagster_run.run_id, prediction_server)
+    context.log.info(message)
+    return dg.SkipReason(message)

@@ -1,0 +1,266 @@
+"""Replay of survey history through the platform: the main job's core.
+
+For a range of weeks, in order: predict with the champion of the time, check
+drift, retrain when the retraining sensor says so, promote when the gate passes.
+
+Runs, all on the given Dagster instance (the one `make demo` and `make ui` use):
+1. ingestion of the initial champion's training window and the whole range: ONE run;
+2. train_and_promote at the week before the range (the initial champion), unless
+   a champion as of the first week exists already;
+3. predict_and_check (batch_predictions + drift_report) over the rest of the
+   range: ONE run per segment. The retraining sensor itself (build_sensor_context
+   against the real instance) then reads the new drift reports in week order;
+   each retraining it requests runs as the daemon would launch it (same run key
+   and tags). A retraining that promoted changes the champion from the next
+   week on, so only then does a new segment start, at that next week.
+Empty weeks ride along inside the segment runs: no run per empty week.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import dagster as dg
+import pandas as pd
+
+from stellar_assets.monitoring.sensors import RUN_KEY_TAG, SENSOR_NAME_TAG, build_retraining_sensor
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+REPLAY_TAG = "stellar/replay"
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+# Crosses the SDSS-II -> SEGUE change: galaxies give way to stars from May 2008.
+DEFAULT_FIRST_WEEK = "2008-03-02"
+DEFAULT_LAST_WEEK = "2008-12-28"
+# Replay challengers are small: the replay must finish in minutes on 2 cores.
+REPLAY_CHALLENGER = {"n_estimators": 80, "max_depth": 4, "learning_rate": 0.2, "latency_single_row_repeats": 50}
+
+
+class ReplayError(RuntimeError):
+    pass
+
+
+@dataclass
+class ReplayLog:
+    runs: list[dict] = field(default_factory=list)
+    weeks: dict[str, dict] = field(default_factory=dict)
+    retrainings: dict[str, dict] = field(default_factory=dict)
+    sensor_notes: list[str] = field(default_factory=list)
+
+
+def _weeks(first: str, last: str) -> list[str]:
+    start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    return [(start + dt.timedelta(days=7 * k)).isoformat() for k in range((end - start).days // 7 + 1)]
+
+
+def _shift(week: str, weeks: int) -> str:
+    return (dt.date.fromisoformat(week) + dt.timedelta(days=7 * weeks)).isoformat()
+
+
+def _materializations(result) -> dict[tuple[str, str], dict]:
+    out = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        out[(materialization.asset_key.to_user_string(), materialization.partition)] = {
+            k: v.value for k, v in materialization.metadata.items()}
+    return out
+
+
+def _failure_text(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            return data.error.message.strip().splitlines()[0] if data.error else event.message
+    return "unknown failure"
+
+
+def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: str = DEFAULT_FIRST_WEEK,
+               last_week: str = DEFAULT_LAST_WEEK, *, training_window_weeks: int | None = None,
+               challenger_config: dict | None = None, cooldown_weeks: int | None = None,
+               say: Callable[[str], None] = print) -> pd.DataFrame:
+    """Replay [first_week, last_week]; returns the per-week timeline (see module docstring)."""
+    from mlflow.tracking import MlflowClient  # noqa: F401  (imported for its side effects on logging config)
+
+    from stellar_assets.partitions import observation_weeks
+    from stellar_assets.training import window_weeks_from_env
+    from stellar_core.registry import champion_as_of
+
+    keys = observation_weeks.get_partition_keys()
+    for name, week in (("first_week", first_week), ("last_week", last_week)):
+        if week not in keys:
+            raise ReplayError(f"{name} {week} is not an observation week: weeks start on Sundays between "
+                              f"{keys[0]} and {keys[-1]}")
+    if last_week < first_week:
+        raise ReplayError(f"last_week {last_week} is before first_week {first_week}")
+    if first_week == keys[0]:
+        raise ReplayError(f"first_week {first_week} is the first observation week: an initial champion needs "
+                          "earlier weeks to train on")
+    window = training_window_weeks if training_window_weeks is not None else (window_weeks_from_env() or 104)
+    initial_week = _shift(first_week, -1)
+    history_start = max(keys[0], _shift(initial_week, -(window - 1)))
+    log = ReplayLog()
+    sensor = build_retraining_sensor(cooldown_weeks=cooldown_weeks)
+    registry = defs.resources["model_registry"] if hasattr(defs, "resources") and defs.resources else None
+    if registry is None:
+        raise ReplayError("the Definitions given to run_replay have no model_registry resource")
+    client = registry.client()
+
+    def execute(job_name: str, tags: dict, partition_key: str | None = None, run_config: dict | None = None,
+                what: str = ""):
+        started = time.perf_counter()
+        config = {**QUIET_LOGS, **(run_config or {})}
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, run_config=config, raise_on_error=False, partition_key=partition_key,
+            tags={REPLAY_TAG: "true", **tags})
+        seconds = time.perf_counter() - started
+        log.runs.append({"job": job_name, "run_id": result.run_id, "success": result.success,
+                         "seconds": round(seconds, 1), "what": what})
+        say(f"  run {result.run_id[:8]} {job_name:<18} {what:<40} {'ok' if result.success else 'FAILED'} "
+            f"in {seconds:.1f} s")
+        return result
+
+    say(f"[replay 1] ingestion of {history_start}..{last_week} ({len(_weeks(history_start, last_week))} weeks) "
+        "in one run")
+    ingestion = execute("ingestion_job", {RANGE_START_TAG: history_start, RANGE_END_TAG: last_week},
+                        what=f"{history_start}..{last_week}")
+    if not ingestion.success:
+        raise ReplayError(f"ingestion failed: {_failure_text(ingestion)}")
+
+    challenger = {**REPLAY_CHALLENGER, **(challenger_config or {})}
+    train_config = {"ops": {"challenger_model": {"config": challenger}}}
+    existing = champion_as_of(client, registry.model_name, first_week)
+    if existing is None:
+        say(f"[replay 2] initial champion: train_and_promote at {initial_week} "
+            f"(window {history_start}..{initial_week})")
+        initial = execute("train_and_promote", {"stellar/step": "initial champion"}, partition_key=initial_week,
+                          run_config=train_config, what=f"initial champion at {initial_week}")
+        if not initial.success or champion_as_of(client, registry.model_name, first_week) is None:
+            raise ReplayError(f"the initial champion at {initial_week} was not promoted: {_failure_text(initial)}")
+    else:
+        say(f"[replay 2] champion as of {first_week} exists already: v{existing.version}")
+
+    # The sensor only reads drift reports made from here on.
+    latest = instance.fetch_materializations(dg.AssetKey("drift_report"), limit=1)
+    cursor = str(latest.records[0].storage_id) if latest.records else None
+
+    say(f"[replay 3] weeks {first_week}..{last_week}: predict + drift in segment runs, retraining sensor after each")
+    start = first_week
+    while start <= last_week:
+        segment = execute("predict_and_check", {RANGE_START_TAG: start, RANGE_END_TAG: last_week},
+                          what=f"predict+drift {start}..{last_week}")
+        if not segment.success:
+            raise ReplayError(f"predict_and_check {start}..{last_week} failed: {_failure_text(segment)}")
+        for (asset, week), metadata in _materializations(segment).items():
+            log.weeks.setdefault(week, {})[asset] = metadata
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                          sensor_name=sensor.name)
+        tick = sensor(context)
+        cursor = tick.cursor if isinstance(tick, dg.SensorResult) and tick.cursor else context.cursor
+        requests = list(tick.run_requests or []) if isinstance(tick, dg.SensorResult) else []
+        note = tick.skip_reason.skip_message if isinstance(tick, dg.SensorResult) and tick.skip_reason else ""
+        if note:
+            log.sensor_notes.append(note)
+        next_start = None
+        for request in sorted(requests, key=lambda r: r.partition_key):
+            week = request.partition_key
+            tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: sensor.name}
+            result = execute("train_and_promote", tags, partition_key=week, run_config=train_config,
+                             what=f"retrain at {week} ({request.tags.get('stellar/drift_flags')})")
+            champion = _materializations(result).get(("champion_model", week), {})
+            decision = champion.get("decision") or ("blocked by the gate" if not result.success else "no decision")
+            log.retrainings[week] = {"run_id": result.run_id, "decision": decision,
+                                     "reason": request.tags.get("stellar/retrain_reason"),
+                                     "summary": champion.get("summary") or (
+                                         _failure_text(result) if not result.success else "")}
+            say(f"    retraining at {week}: {decision}: {log.retrainings[week]['summary'][:140]}")
+            if decision == "promoted":
+                # The champion changed from the next week on: weeks after W are predicted again.
+                next_start = _shift(week, 1)
+                break
+        if next_start is None:
+            break
+        start = next_start
+    timeline = build_timeline(_weeks(first_week, last_week), log)
+    timeline.attrs["runs"] = log.runs
+    return timeline
+
+
+def build_timeline(weeks: list[str], log: ReplayLog) -> pd.DataFrame:
+    rows = []
+    for week in weeks:
+        entry = log.weeks.get(week, {})
+        predictions, drift = entry.get("batch_predictions", {}), entry.get("drift_report", {})
+        retraining = log.retrainings.get(week, {})
+        mix = predictions.get("class_mix") or {}
+        rows.append({
+            "week": week,
+            "rows": predictions.get("rows", 0),
+            "model_version": predictions.get("model_version"),
+            "accuracy": drift.get("accuracy"),
+            "drift_status": drift.get("status"),
+            "drift_flags": ",".join(drift.get("failed_checks") or []),
+            "weeks_tested": len(drift.get("weeks_tested") or []),
+            "retrained": bool(retraining),
+            "promotion": retraining.get("decision", ""),
+            **{f"pred_{c}": mix.get(c, 0) for c in ("GALAXY", "QSO", "STAR")},
+        })
+    return pd.DataFrame(rows)
+
+
+def save_timeline(timeline: pd.DataFrame, directory: Path) -> tuple[Path, Path]:
+    """timeline.csv and timeline.png in `directory`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = directory / "timeline.csv", directory / "timeline.png"
+    timeline.to_csv(csv_path, index=False)
+    dates = pd.to_datetime(timeline["week"])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    top.bar(dates, timeline["rows"], width=5, color="lightgrey", label="rows")
+    top.set_ylabel("rows per week")
+    acc = top.twinx()
+    acc.plot(dates, timeline["accuracy"], "o-", color="tab:blue", markersize=3, label="accuracy (champion of the time)")
+    acc.set_ylim(0, 1.05)
+    acc.set_ylabel("accuracy")
+    drifted = timeline["drift_status"] == "drift"
+    acc.scatter(dates[drifted], [1.02] * int(drifted.sum()), marker="v", color="red", label="drift flagged", zorder=3)
+    for date, promotion in zip(dates, timeline["promotion"]):
+        if promotion:
+            colour = "green" if promotion == "promoted" else "orange"
+            acc.axvline(date, color=colour, linestyle="--", linewidth=1)
+            acc.text(date, 0.05, f" retrain: {promotion}", rotation=90, fontsize=7, color=colour)
+    handles = [h for ax in (top, acc) for h in ax.get_legend_handles_labels()[0]]
+    labels = [label for ax in (top, acc) for label in ax.get_legend_handles_labels()[1]]
+    acc.legend(handles, labels, loc="lower left", fontsize=8)
+    top.set_title("Replay: rows, accuracy of the champion of the time, drift flags, retrainings (green: promoted)")
+    mix = timeline[["pred_GALAXY", "pred_QSO", "pred_STAR"]].to_numpy(dtype=float)
+    totals = mix.sum(axis=1, keepdims=True)
+    shares = (mix / (totals + (totals == 0))).T
+    bottom.stackplot(dates, shares, labels=["GALAXY", "QSO", "STAR"], alpha=0.8)
+    bottom.set_ylabel("predicted mix")
+    bottom.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return csv_path, png_path
+
+
+def print_timeline(timeline: pd.DataFrame, say: Callable[[str], None] = print) -> None:
+    shown = timeline[(timeline["rows"] > 0) | timeline["retrained"]]
+    say(f"{'week':<11}{'rows':>5} {'model':>6} {'accuracy':>9}  {'drift':<16}{'flags':<40}{'retraining':<12}")
+    for row in shown.itertuples():
+        accuracy = "" if pd.isna(row.accuracy) else f"{row.accuracy:.3f}"
+        say(f"{row.week:<11}{row.rows:>5} {('v' + str(row.model_version)) if row.model_version else '':>6} "
+            f"{accuracy:>9}  {str(row.drift_status or ''):<16}{row.drift_flags:<40}{row.promotion:<12}")
+    empty = int((timeline["rows"] == 0).sum())
+    say(f"({empty} weeks without spectra not shown; they were predicted and checked inside the same runs)")
