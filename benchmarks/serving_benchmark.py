@@ -295,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         rest_single = [rest_body(feats[k:k + 1]) for k in singles[: args.mlflow_calls]]
         print("measuring mlflow models serve ...", flush=True)
         results.append(run_sequential("mlflow REST, 1 object", rest_call, rest_single, 1, warmup=10))
+
+        def per_thread_session():
+            own = requests.Session()
+            return lambda body: own.post(f"{base}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"}, timeout=60).raise_for_status()
+
+        results.append(run_concurrent("mlflow REST, 1 object, concurrency 16", per_thread_session,
+                                      rest_single, 16))
         rest_batches = [rest_body(feats[k:k + BATCH]) for k in range(0, min(n, 10 * BATCH), BATCH)]
         results.append(run_sequential(f"mlflow REST, {BATCH}/call", rest_call, rest_batches, BATCH, warmup=1))
         rest_answer = np.array(rest_call(rest_batches[0]).json()["predictions"], dtype=np.float32)
@@ -312,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     by = {r["name"]: r for r in results}
     floor_1 = max((r for r in results if r["name"].startswith("floor: 1 object")), key=lambda r: r["throughput"])
     floor_b = max((r for r in results if r["name"].startswith(f"floor: {BATCH}")), key=lambda r: r["throughput"])
-    print(f"\n{n} SDSS objects, {args.rounds}-round model, {os.cpu_count()} CPUs\n")
+    load = os.getloadavg()
+    print(f"\n{n} SDSS objects, {args.rounds}-round model, {os.cpu_count()} CPUs, "
+          f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)\n")
     print(f"{'path':36} {'p50 ms':>9} {'p99 ms':>9} {'objects/s':>12} {'vs floor':>9}")
     for r in results:
         reference = floor_1 if ("1 object" in r["name"] or "Classify," in r["name"]) else floor_b
@@ -332,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("\nratios:")
     print(f"  grpc unary c1 / mlflow REST single : {unary['throughput'] / rest1['throughput']:.1f}x")
-    print(f"  grpc unary c16 / mlflow REST single: {unary16['throughput'] / rest1['throughput']:.1f}x")
+    rest16 = by["mlflow REST, 1 object, concurrency 16"]
+    print(f"  grpc unary c16 / mlflow REST c16   : {unary16['throughput'] / rest16['throughput']:.1f}x")
+    print(f"  grpc unary c16 / mlflow REST c1    : {unary16['throughput'] / rest1['throughput']:.1f}x")
     print(f"  grpc batch / floor batch           : {by[f'grpc ClassifyBatch, {BATCH}/call']['ratio_to_floor']:.2f}")
     print(f"  grpc stream / floor batch          : "
           f"{by[f'grpc ClassifyStream, {BATCH}/message']['ratio_to_floor']:.2f}")
@@ -342,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{'met' if ok else 'MISSED'}] {name}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"objects": n, "rounds": args.rounds, "cpus": os.cpu_count(), "results": results,
+    out.write_text(json.dumps({"objects": n, "rounds": args.rounds, "cpus": os.cpu_count(), "load_average": load,
+                               "results": results,
                                "targets": checks, "mlflow_matches": mlflow_matches}, indent=2))
     print(f"\nwritten {out}")
     return 0
