@@ -73,6 +73,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str, scope: str) -> None:
         self._expected = f"Bearer {token}".encode()
         self._scope = scope
+        self._refusals: dict[tuple[str, str], grpc.RpcMethodHandler] = {}  # stable handlers: cacheable downstream
+
+    def _refuse(self, method: str, details: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        key = (method, details)
+        refusal = self._refusals.get(key)
+        if refusal is None:
+            refusal = self._refusals.setdefault(key, _abort_handler(grpc.StatusCode.UNAUTHENTICATED, details, handler))
+        return refusal
 
     def _needs_token(self, method: str) -> bool:
         service = method.rsplit("/", 2)[1] if method.count("/") >= 2 else ""
@@ -89,11 +97,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if key == "authorization":
                 presented = value
                 break
+        method = handler_call_details.method
         if not presented:
-            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED,
-                                  "missing 'authorization: Bearer <token>' metadata", handler)
+            return self._refuse(method, "missing 'authorization: Bearer <token>' metadata", handler)
         if not hmac.compare_digest(presented.encode(), self._expected):
-            return _abort_handler(grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token", handler)
+            return self._refuse(method, "invalid bearer token", handler)
         return handler
 
 
