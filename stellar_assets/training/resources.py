@@ -95,9 +95,12 @@ class PromotionGate(dg.ConfigurableResource):
     """What a challenger must reach to become champion. Floors, contract and latency are hard
     (a miss is an error); losing to the champion is a normal outcome."""
 
-    accuracy_floor: float = Field(default=0.95)
+    # Floors catch a broken model (wrong features, collapsed classes), not a slightly weaker one:
+    # a two-year window of the sample (~1,000 spectra) gives ~0.965 accuracy, and losing to the
+    # champion is the comparison's job.
+    accuracy_floor: float = Field(default=0.93)
     recall_floors: dict[str, float] = Field(
-        default={"GALAXY": 0.95, "QSO": 0.85, "STAR": 0.95},
+        default={"GALAXY": 0.90, "QSO": 0.85, "STAR": 0.90},
         description="minimum test recall per class",
     )
     single_row_latency_budget_ms: float = Field(default=25.0, description="p95 of one-row predictions")
@@ -149,7 +152,7 @@ def training_resources() -> dict:
             ui_url=os.environ.get("STELLAR_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
         ),
         "promotion_gate": PromotionGate(
-            accuracy_floor=float(os.environ.get("STELLAR_GATE_ACCURACY_FLOOR", 0.95)),
+            accuracy_floor=float(os.environ.get("STELLAR_GATE_ACCURACY_FLOOR", 0.93)),
             single_row_latency_budget_ms=float(os.environ.get("STELLAR_GATE_SINGLE_ROW_BUDGET_MS", 25.0)),
             batch_latency_budget_ms_per_1000_rows=float(os.environ.get("STELLAR_GATE_BATCH_BUDGET_MS", 100.0)),
         ),
