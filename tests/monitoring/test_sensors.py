@@ -1,0 +1,77 @@
+"""The retraining sensor ticked with build_sensor_context against a real instance holding real drift reports."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.utils import make_new_run_id
+
+from stellar_assets.monitoring.sensors import (
+    REASON_TAG,
+    RETRAIN_WEEK_TAG,
+    RUN_KEY_TAG,
+    TRIGGER,
+    TRIGGER_TAG,
+    build_retraining_sensor,
+)
+from tests.monitoring.conftest import DRIFT_WEEK, SMALL_WEEK
+
+STABLE = "2008-05-04"
+
+
+def _tick(sensor, instance, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, sensor_name=sensor.name)
+    result = sensor(context)
+    assert isinstance(result, (dg.SensorResult, dg.SkipReason))
+    return result
+
+
+def _retraining_run(instance, week: str) -> None:
+    """What the daemon leaves behind after launching a request: a run with the sensor's tags."""
+    instance.add_run(DagsterRun(job_name="train_and_promote", run_id=make_new_run_id(), tags={
+        TRIGGER_TAG: TRIGGER, RETRAIN_WEEK_TAG: week, RUN_KEY_TAG: f"drift-retrain-{week}"}))
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_drift_requests_one_retraining_then_never_again(platform, champion_name, instance):
+    assert platform.monitor(champion_name, DRIFT_WEEK, instance=instance, db_name="sensor").success
+    sensor = build_retraining_sensor(cooldown_weeks=4)
+    first = _tick(sensor, instance)
+    [request] = first.run_requests
+    assert request.run_key == f"drift-retrain-{DRIFT_WEEK}" and request.partition_key == DRIFT_WEEK
+    assert request.tags[RETRAIN_WEEK_TAG] == DRIFT_WEEK
+    assert "drift checks failed: " in request.tags[REASON_TAG] and "prediction_drift" in request.tags[REASON_TAG]
+    # The same tick again (cursor advanced): nothing new.
+    again = _tick(sensor, instance, first.cursor)
+    assert isinstance(again, dg.SkipReason) and "no new drift reports" in again.skip_message
+    # The daemon launched it; then the week is re-checked: the same drift does not trigger twice.
+    _retraining_run(instance, DRIFT_WEEK)
+    assert platform.monitor(champion_name, DRIFT_WEEK, instance=instance, db_name="sensor").success
+    rechecked = _tick(sensor, instance, first.cursor)
+    assert rechecked.run_requests == [] and "already requested" in rechecked.skip_reason.skip_message
+
+
+def test_no_drift_and_not_enough_data_skip_with_reasons(platform, champion_name, instance):
+    assert platform.monitor(champion_name, STABLE, instance=instance, db_name="sensor-quiet").success
+    assert platform.monitor(champion_name, SMALL_WEEK, instance=instance, db_name="sensor-quiet").success
+    result = _tick(build_retraining_sensor(cooldown_weeks=4), instance)
+    assert result.run_requests == []
+    message = result.skip_reason.skip_message
+    assert f"{STABLE}: no drift" in message and f"{SMALL_WEEK}: not enough data" in message
+
+
+def test_cool_down_is_honoured_in_observation_weeks(platform, champion_name, instance):
+    _retraining_run(instance, "2008-05-25")  # a drift-triggered retraining two weeks before DRIFT_WEEK
+    assert platform.monitor(champion_name, DRIFT_WEEK, instance=instance, db_name="sensor-cool").success
+    cooling = _tick(build_retraining_sensor(cooldown_weeks=4), instance)
+    assert cooling.run_requests == []
+    assert "cool-down: retrained at 2008-05-25, 2 week(s) ago (< 4)" in cooling.skip_reason.skip_message
+    # With a two-week cool-down the same report does trigger.
+    shorter = _tick(build_retraining_sensor(cooldown_weeks=2), instance)
+    assert [r.partition_key for r in shorter.run_requests] == [DRIFT_WEEK]
