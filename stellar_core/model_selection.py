@@ -112,13 +112,18 @@ def make_estimator(family: str, params: dict, seed: int = 17, n_jobs: int = 2):
     raise TrainingInputError(f"unknown model family {family!r}; choose from {FAMILIES}")
 
 
-def sample_candidates(family: str, n: int, seed: int) -> list[dict]:
-    """`n` distinct parameter sets drawn from the family's search space (fewer if it is smaller)."""
+def sample_candidates(family: str, n: int, seed: int, max_trees: int | None = None) -> list[dict]:
+    """`n` distinct parameter sets drawn from the family's search space (fewer if it is smaller).
+    `max_trees` caps n_estimators of the tree families, for quick searches."""
     if family not in SEARCH_SPACES:
         raise TrainingInputError(f"unknown model family {family!r}; choose from {FAMILIES}")
     if n < 1:
         raise TrainingInputError(f"candidates per family must be >= 1, got {n}")
-    space = SEARCH_SPACES[family]
+    space = dict(SEARCH_SPACES[family])
+    if max_trees is not None and "n_estimators" in space:
+        if max_trees < 1:
+            raise TrainingInputError(f"max_trees must be >= 1, got {max_trees}")
+        space["n_estimators"] = [v for v in space["n_estimators"] if v <= max_trees] or [max_trees]
     rng = np.random.default_rng(seed)
     size = int(np.prod([len(v) for v in space.values()]))
     seen: list[dict] = []

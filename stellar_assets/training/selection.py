@@ -26,6 +26,7 @@ class ModelSelectionConfig(dg.Config):
     seed: int = 17
     max_rows: int | None = None  # subsample (stratified by the seed) to bound the run time
     n_jobs: int = 2
+    max_trees: int | None = None  # cap n_estimators of tree families, for quick searches
     write_defaults: bool = True
 
 
@@ -58,9 +59,10 @@ def model_selection(context: dg.AssetExecutionContext, config: ModelSelectionCon
 
         mlflow.set_tags({"stellar_asset": "model_selection"})
         mlflow.log_params({"rows": len(table), "folds": config.folds, "families": ",".join(config.families),
-                           "candidates_per_family": config.candidates_per_family, "seed": config.seed})
+                           "candidates_per_family": config.candidates_per_family, "seed": config.seed,
+                           "max_trees": config.max_trees})
         for family in config.families:
-            for k, params in enumerate(sample_candidates(family, config.candidates_per_family, config.seed)):
+            for k, params in enumerate(sample_candidates(family, config.candidates_per_family, config.seed, config.max_trees)):
                 with mlflow.start_run(run_name=f"{family} #{k + 1}", nested=True):
                     mlflow.set_tags({"family": family, "stellar_asset": "model_selection"})
                     mlflow.log_params({"family": family, **{n: str(v) for n, v in params.items()}})

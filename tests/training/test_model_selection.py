@@ -42,12 +42,13 @@ def test_selection_tracks_nested_runs_and_writes_defaults_the_challenger_uses(st
         selection=[model_selection],
         resources=store.resources(model_name, defaults),
         run_config={"ops": {"model_selection": {"config": {
-            "candidates_per_family": 1, "folds": 3, "max_rows": 400, "seed": 5}}}},
+            "candidates_per_family": 1, "folds": 3, "max_rows": 400, "seed": 5, "max_trees": 50}}}},
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success
     meta = metadata_of(result, "model_selection")
     assert meta["rows"] == 400 and meta["best_family"] in FAMILIES
+    assert meta["chosen_xgboost_params"]["n_estimators"] <= 50
 
     client = MlflowClient(store.tracking_uri)
     parent = client.get_run(meta["mlflow_run_id"])
