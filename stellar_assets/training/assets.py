@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stellar_core.contract import CLASSES
-from stellar_core.features import LABEL, feature_matrix
+from stellar_core.features import feature_matrix
 from stellar_core.model_bundle import (
     TAG_DAGSTER_RUN,
     TAG_PARTITION,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from stellar_core.home import mlflow_tracking_uri
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME, TAG_WINDOW_FIRST, TAG_WINDOW_LAST
 from stellar_core.registry import TAG_PROMOTED_AT, get_alias_version
@@ -11,8 +13,10 @@ _SHOWN = ("accuracy", "macro_f1", "recall_GALAXY", "recall_QSO", "recall_STAR", 
           "latency_single_row_ms_p95", "latency_batch_ms_per_1000_rows")
 
 
-def describe_champion(model_name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None) -> str:
-    """The champion's version, training window, promotion week and test metrics (or why there is none)."""
+def describe_champion(model_name: str | None = None, tracking_uri: str | None = None) -> str:
+    """The champion's version, training window, promotion week and test metrics (or why there is none).
+    Defaults: STELLAR_MODEL_NAME / MLFLOW_TRACKING_URI, else the embedded store, as training uses."""
+    model_name = model_name or os.environ.get("STELLAR_MODEL_NAME", DEFAULT_MODEL_NAME)
     registry = ModelRegistry(tracking_uri=tracking_uri or mlflow_tracking_uri(), model_name=model_name)
     client = registry.client()
     version = get_alias_version(client, model_name)

@@ -9,7 +9,6 @@ import pytest
 from stellar_core.contract import CLASSES
 from stellar_core.features import build_features
 from stellar_core.training import (
-    TEST,
     TrainingInputError,
     XGBoostParams,
     compare,
