@@ -140,3 +140,23 @@ def test_empty_window_fails_with_a_clear_message(store, model_name):
     failure = [e for e in result.all_events if e.is_step_failure][0]
     message = failure.step_failure_data.error.message + str(failure.step_failure_data.user_failure_data)
     assert "observation_features" in message
+
+
+def test_too_few_unseen_rows_is_no_evidence_and_champion_stays(store, model_name):
+    assert store.train(model_name, EARLY_WEEK, WEAK).success
+    champion_before = get_alias_version(_client(store), model_name)
+    result = store.train(model_name, LATE_WEEK, STRONG, min_comparison_rows=10_000)
+    assert result.success
+    verdict = check_of(result, "beats_champion")
+    assert not verdict.passed and "(minimum 10000): no evidence" in verdict.description
+    champion = metadata_of(result, "champion_model")
+    assert champion["decision"] == "retained" and champion["alias_version"] == str(champion_before.version)
+
+
+def test_invalid_gate_configuration_is_named(store, model_name):
+    result = store.train(model_name, EARLY_WEEK, STRONG, recall_floors={"PLANET": 0.5})
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "recall_floors names unknown classes ['PLANET']" in failure.step_failure_data.error.message + str(
+        failure.step_failure_data.user_failure_data)
+    assert get_alias_version(_client(store), model_name) is None
