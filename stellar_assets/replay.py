@@ -72,6 +72,10 @@ def _materializations(result) -> dict[tuple[str, str], dict]:
 
 
 def _failure_text(result) -> str:
+    # A blocked challenger: the failed gate check's own words say more than the step's exception.
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            return f"{evaluation.check_name}: {evaluation.description}"
     for event in result.all_events:
         if event.is_step_failure:
             data = event.step_failure_data
@@ -264,3 +268,26 @@ def print_timeline(timeline: pd.DataFrame, say: Callable[[str], None] = print) -
             f"{accuracy:>9}  {str(row.drift_status or ''):<16}{row.drift_flags:<40}{row.promotion:<12}")
     empty = int((timeline["rows"] == 0).sum())
     say(f"({empty} weeks without spectra not shown; they were predicted and checked inside the same runs)")
+
+
+def replay_main(first_week: str | None = None, last_week: str | None = None, *,
+                say: Callable[[str], None] = print) -> tuple[pd.DataFrame, Path, Path]:
+    """The main job's replay step on the project's own instance (the one `make ui` opens):
+    run, print the timeline, save timeline.csv and timeline.png under <project home>/replay."""
+    from stellar_core.home import configure_environment, project_home
+
+    configure_environment()
+    from stellar_assets.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    first, last = first_week or DEFAULT_FIRST_WEEK, last_week or DEFAULT_LAST_WEEK
+    started = time.perf_counter()
+    timeline = run_replay(instance, defs, first, last, say=say)
+    elapsed = time.perf_counter() - started
+    runs = timeline.attrs.get("runs", [])
+    say(f"\nReplay {first}..{last}: {len(timeline)} weeks in {elapsed:.0f} s, {len(runs)} Dagster runs "
+        f"({', '.join(f'{n} {j}' for j, n in pd.Series([r['job'] for r in runs]).value_counts().items())})")
+    print_timeline(timeline, say)
+    csv_path, png_path = save_timeline(timeline, project_home() / "replay")
+    say(f"Timeline saved: {csv_path} and {png_path}")
+    return timeline, csv_path, png_path
