@@ -27,7 +27,16 @@ from typing import Callable
 import dagster as dg
 import pandas as pd
 
-from stellar_assets.monitoring.sensors import RUN_KEY_TAG, SENSOR_NAME_TAG, build_retraining_sensor
+from stellar_assets.monitoring.sensors import (
+    REASON_TAG,
+    RETRAIN_WEEK_TAG,
+    RUN_KEY_TAG,
+    SENSOR_NAME_TAG,
+    TRIGGER,
+    TRIGGER_TAG,
+    build_retraining_sensor,
+    promotion_of_run,
+)
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -191,6 +200,16 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
         if next_start is None:
             break
         start = next_start
+    # A replay run again on the same instance: the sensor skips drift it already acted on (run keys);
+    # the timeline still shows those earlier retrainings and their outcome.
+    for run in instance.get_runs(filters=dg.RunsFilter(job_name="train_and_promote",
+                                                       tags={TRIGGER_TAG: TRIGGER})):
+        week = run.tags.get(RETRAIN_WEEK_TAG)
+        if week and first_week <= week <= last_week and week not in log.retrainings:
+            decision = (promotion_of_run(instance, run.run_id) or {}).get("decision") or (
+                "blocked by the gate" if run.status == dg.DagsterRunStatus.FAILURE else "no decision")
+            log.retrainings[week] = {"run_id": run.run_id, "decision": f"{decision} (earlier run)",
+                                     "reason": run.tags.get(REASON_TAG), "summary": ""}
     timeline = build_timeline(_weeks(first_week, last_week), log)
     timeline.attrs["runs"] = log.runs
     return timeline
@@ -240,7 +259,7 @@ def save_timeline(timeline: pd.DataFrame, directory: Path) -> tuple[Path, Path]:
     acc.scatter(dates[drifted], [1.02] * int(drifted.sum()), marker="v", color="red", label="drift flagged", zorder=3)
     for date, promotion in zip(dates, timeline["promotion"]):
         if promotion:
-            colour = "green" if promotion == "promoted" else "orange"
+            colour = "green" if promotion.startswith("promoted") else "orange"
             acc.axvline(date, color=colour, linestyle="--", linewidth=1)
             acc.text(date, 0.05, f" retrain: {promotion}", rotation=90, fontsize=7, color=colour)
     handles = [h for ax in (top, acc) for h in ax.get_legend_handles_labels()[0]]

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stellar_assets.monitoring import PredictionServer, PredictionsDatabase
-from stellar_assets.monitoring.sensors import reload_after_promotion
+from stellar_assets.monitoring.sensors import reload_after_promotion, reload_prediction_server
 from stellar_core.model_bundle import TAG_WINDOW_LAST
 from stellar_core.registry import get_alias_version
 from tests.monitoring.conftest import (
@@ -158,9 +158,14 @@ def test_serving_report_reads_a_real_server_and_reload_follows_a_promotion(platf
         # A promotion, then the run-status sensor's action: the server swaps without a restart.
         promoted = platform.train(model_name, "2008-06-01", instance=instance)
         assert promoted.success and metadata_of(promoted, "champion_model")["decision"] == "promoted"
-        message = reload_after_promotion(instance, promoted.run_id, resource)
+        success = instance.get_records_for_run(promoted.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
+        context = dg.build_run_status_sensor_context(
+            sensor_name=reload_prediction_server.name, dagster_event=success[0].event_log_entry.dagster_event,
+            dagster_instance=instance, dagster_run=instance.get_run_by_id(promoted.run_id),
+            resources={"prediction_server": resource})
+        skip = reload_prediction_server(context)
         new_version = str(get_alias_version(client, model_name).version)
-        assert f"-> v{new_version}" in message and new_version != first_version
+        assert f"server reloaded v{first_version} -> v{new_version} (changed=True)" in skip.skip_message
         with StellarClient(f"127.0.0.1:{server.port}") as api:
             assert api.model_info().version == new_version
     finally:

@@ -75,3 +75,17 @@ def test_cool_down_is_honoured_in_observation_weeks(platform, champion_name, ins
     # With a two-week cool-down the same report does trigger.
     shorter = _tick(build_retraining_sensor(cooldown_weeks=2), instance)
     assert [r.partition_key for r in shorter.run_requests] == [DRIFT_WEEK]
+
+
+def test_weekly_schedule_runs_the_newest_complete_week():
+    import datetime as dt
+
+    from stellar_assets.monitoring import weekly_monitoring_job, weekly_monitoring_schedule
+
+    monday = dt.datetime(2012, 5, 14, 6, 0, tzinfo=dt.timezone.utc)
+    context = dg.build_schedule_context(scheduled_execution_time=monday)
+    result = weekly_monitoring_schedule.evaluate_tick(context)
+    [request] = result.run_requests
+    assert request.partition_key == "2012-05-06"  # the week Sunday 6th .. Saturday 12th May
+    assert weekly_monitoring_schedule.job_name == weekly_monitoring_job.name
+    assert weekly_monitoring_schedule.cron_schedule == "0 6 * * 1"
