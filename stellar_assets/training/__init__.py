@@ -38,6 +38,8 @@ train_and_promote_job = dg.define_asset_job(
     "train_and_promote",
     selection=dg.AssetSelection.assets("train_test_split", "challenger_model", "champion_model"),
     description="Split, train a challenger, run the gate and promote or retain the champion, for one week.",
+    # dagster.yaml limits this tag to one run at a time: two promotions must never race for the alias.
+    tags={"stellar/retraining": "true"},
 )
 
 __all__ = [
