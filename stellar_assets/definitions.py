@@ -12,6 +12,14 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from stellar_assets.ingestion import INGESTION_ASSETS  # noqa: E402
+from stellar_assets.monitoring import (  # noqa: E402
+    MONITORING_ASSETS,
+    MONITORING_CHECKS,
+    MONITORING_JOBS,
+    MONITORING_SCHEDULES,
+    MONITORING_SENSORS,
+    monitoring_resources,
+)
 from stellar_assets.resources import ingestion_resources  # noqa: E402
 from stellar_assets.training import TRAINING_ASSETS, TRAINING_CHECKS, train_and_promote_job, training_resources  # noqa: E402
 
@@ -22,8 +30,10 @@ ingestion_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*INGESTION_ASSETS, *TRAINING_ASSETS],
-    asset_checks=[*TRAINING_CHECKS],
-    jobs=[ingestion_job, train_and_promote_job],
-    resources={**ingestion_resources(), **training_resources()},
+    assets=[*INGESTION_ASSETS, *TRAINING_ASSETS, *MONITORING_ASSETS],
+    asset_checks=[*TRAINING_CHECKS, *MONITORING_CHECKS],
+    jobs=[ingestion_job, train_and_promote_job, *MONITORING_JOBS],
+    schedules=[*MONITORING_SCHEDULES],
+    sensors=[*MONITORING_SENSORS],
+    resources={**ingestion_resources(), **training_resources(), **monitoring_resources()},
 )
