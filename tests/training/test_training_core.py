@@ -94,3 +94,21 @@ def test_floor_and_latency_rules_report_numbers():
     assert latency_problems(latency, 5.0, 50.0) == []
     assert latency_problems(latency, 1.0, 10.0) == [
         "single-row p95 3.000 ms > budget 1.000 ms", "batch 40.000 ms per 1000 rows > budget 10.000 ms"]
+
+
+def test_training_window_ends_at_w_and_all_history_never_looks_ahead(monkeypatch):
+    from stellar_assets.partitions import observation_weeks
+    from stellar_assets.training.assets import window_first_week, window_mapping, window_weeks_from_env
+
+    assert window_first_week("2012-05-20", 8) == "2012-04-01"
+    assert window_first_week("2000-03-12", 104) == observation_weeks.get_first_partition_key()  # clipped
+    assert window_first_week("2012-05-20", None) == observation_weeks.get_first_partition_key()
+    for weeks in (8, None):
+        mapping = window_mapping(weeks)
+        assert mapping.end_offset == 0  # never a week after W
+    assert window_mapping(8).start_offset == -7
+    monkeypatch.setenv("STELLAR_TRAINING_WINDOW_WEEKS", "all")
+    assert window_weeks_from_env() is None
+    monkeypatch.setenv("STELLAR_TRAINING_WINDOW_WEEKS", "two years")
+    with pytest.raises(ValueError, match="STELLAR_TRAINING_WINDOW_WEEKS must be a positive number of weeks or 'all'"):
+        window_weeks_from_env()
