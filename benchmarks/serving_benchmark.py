@@ -1,30 +1,36 @@
 """Serving benchmark: one run, one champion, the same SDSS objects everywhere.
 
-    .venv/bin/python benchmarks/serving_benchmark.py [--unary-calls 2000] [--json benchmarks/results/serving.json]
+    .venv/bin/python benchmarks/serving_benchmark.py [--rounds 5] [--json benchmarks/results/serving.json]
 
 Builds a 400-round champion in a temporary MLflow store (as the training assets
-publish one), starts `python -m stellar_serving serve` as its own process, and
-measures, in this order:
+publish one), starts `python -m stellar_serving serve` and `mlflow models serve
+--env-manager local` as their own processes, and measures these paths in
+interleaved rounds (every path once per round, so all see the same machine):
 
   floor        in-process derive_feature_matrix + booster.inplace_predict
-  grpc unary   Classify, concurrency 1 and 16
+               (the booster as trained, all cores; and a single-threaded copy)
+  grpc unary   Classify, one object per call, concurrency 1 and 16
   grpc batch   ClassifyBatch, 1000 objects per call
   grpc stream  ClassifyStream, 1000 objects per message
-  v2 unary     ModelInfer (tritonclient, raw contents), 1 object per call
-  v2 batch     ModelInfer, 1000 objects per call
-  mlflow       `mlflow models serve --env-manager local` (REST), 1 object and 1000 per call
+  v2           ModelInfer (tritonclient, raw contents), 1 and 1000 objects per call
+  mlflow       REST /invocations, 1 object (concurrency 1 and 16) and 1000 per call
 
-Prints p50 / p99 latency per call and throughput (objects/s), and ratios to the
-in-process floor measured in the same run. Timings are printed, never asserted.
+Prints p50 / p99 latency per call, throughput (objects/s, median over rounds)
+and ratios to the faster in-process floor of the same request size. Timings are
+printed, never asserted.
 """
 
 from __future__ import annotations
 
+import os
+
+# The server sets this before loading xgboost (see stellar_serving/__init__.py);
+# the in-process floor gets the same, or it would be slowed by spinning OpenMP threads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,34 +102,26 @@ def wait_until(check, what: str, timeout: float = 180) -> None:
 
 
 # -- measurement ------------------------------------------------------------------------
+#
+# Other work shares this machine, and its load moves during a run. So the paths
+# are measured in interleaved rounds (every path once per round, in turn), and
+# a path's throughput is the median of its rounds: each comparison with the
+# floor is made under the same conditions.
 
 
-def summary(name: str, latencies: list[float], objects: int, wall: float) -> dict:
-    ms = np.array(latencies) * 1000
-    return {"name": name, "calls": len(latencies), "objects": objects,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "throughput": objects / wall}
-
-
-def run_sequential(name: str, call, payloads: list, objects_per_call: int, warmup: int = 20) -> dict:
-    for p in payloads[:warmup]:
-        call(p)
+def timed_sequential(call, payloads: list) -> tuple[list[float], float]:
     latencies = []
     start = time.perf_counter()
     for p in payloads:
         t0 = time.perf_counter()
         call(p)
         latencies.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - start
-    return summary(name, latencies, objects_per_call * len(payloads), wall)
+    return latencies, time.perf_counter() - start
 
 
-def run_concurrent(name: str, make_call, payloads: list, threads: int) -> dict:
-    """`make_call()` gives each thread its own callable (its own channel)."""
-    calls = [make_call() for _ in range(threads)]
-    for call in calls:
-        for p in payloads[:10]:
-            call(p)
+def timed_concurrent(calls: list, payloads: list) -> tuple[list[float], float]:
+    """One thread per callable (each with its own channel / session), payloads dealt round-robin."""
+    threads = len(calls)
     shards = [payloads[k::threads] for k in range(threads)]
     latencies: list[list[float]] = [[] for _ in range(threads)]
     barrier = threading.Barrier(threads + 1)
@@ -142,171 +140,195 @@ def run_concurrent(name: str, make_call, payloads: list, threads: int) -> dict:
     start = time.perf_counter()
     for w in workers:
         w.join()
-    wall = time.perf_counter() - start
-    flat = [x for part in latencies for x in part]
-    return summary(name, flat, len(flat), wall)
+    return [x for part in latencies for x in part], time.perf_counter() - start
+
+
+class Path_:
+    """One measured path: `run(round) -> (latencies, objects, wall)`."""
+
+    def __init__(self, name: str, group: str, run) -> None:
+        self.name, self.group, self.run = name, group, run
+        self.latencies: list[float] = []
+        self.throughputs: list[float] = []
+
+    def record(self, latencies: list[float], objects: int, wall: float) -> None:
+        self.latencies.extend(latencies)
+        self.throughputs.append(objects / wall)
+
+    def summary(self) -> dict:
+        ms = np.array(self.latencies) * 1000
+        return {"name": self.name, "group": self.group, "calls": len(self.latencies),
+                "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+                "throughput": float(np.median(self.throughputs)),
+                "throughput_per_round": [round(t, 1) for t in self.throughputs]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=400)
-    parser.add_argument("--unary-calls", type=int, default=2000)
-    parser.add_argument("--mlflow-calls", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    parser.add_argument("--model-rounds", type=int, default=400, help="boosting rounds of the champion")
+    parser.add_argument("--single-calls", type=int, default=300, help="one-object calls per path and round")
+    parser.add_argument("--mlflow-single-calls", type=int, default=60, help="the same for the slow REST server")
+    parser.add_argument("--batches", type=int, default=4, help=f"{BATCH}-object calls per path and round")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "serving.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     import grpc
+    import requests
     import tritonclient.grpc as triton
 
-    from stellar_core.contract import MODEL_INPUTS
+    from stellar_core.contract import CLASSES, MODEL_INPUTS
     from stellar_core.features import FEATURE_NAMES, build_features, derive_feature_matrix
-    from stellar_core.model_bundle import ModelBundle
+    from stellar_core.registry import get_alias_version, load_bundle
     from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
     from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+    from mlflow.tracking import MlflowClient
 
     features, _ = build_features(pd.read_csv(SAMPLE))
     inputs = np.ascontiguousarray(features.loc[:, list(MODEL_INPUTS)].to_numpy(dtype=np.float32))
+    feats = derive_feature_matrix(inputs)
     n = len(inputs)
     objects = [pb.SdssObject(client_id=str(k), **dict(zip(MODEL_INPUTS, map(float, row))))
                for k, row in enumerate(inputs)]
-    singles = list(range(min(args.unary_calls, n)))
-    batches = [objects[k:k + BATCH] for k in range(0, n, BATCH)]
-    results: list[dict] = []
     procs: list[subprocess.Popen] = []
     work = Path(tempfile.mkdtemp(prefix="stellar-serving-bench-"))
     env_bin = str(Path(sys.executable).parent)
-    try:
-        print(f"training and publishing a {args.rounds}-round champion in {work} ...", flush=True)
-        uri = build_champion(work, features, args.rounds)
+    R, S, SM, B = args.rounds, args.single_calls, args.mlflow_single_calls, args.batches
 
-        # -- server process ---------------------------------------------------------
-        port, metrics_port = free_port(), free_port()
+    def single_slice(r: int, count: int) -> range:  # different objects every round
+        start = (r * count) % max(1, n - count)
+        return range(start, start + count)
+
+    def batch_slice(r: int) -> list[int]:
+        return [((r * B + b) * BATCH) % (n - BATCH + 1) for b in range(B)]
+
+    try:
+        print(f"training and publishing a {args.model_rounds}-round champion in {work} ...", flush=True)
+        uri = build_champion(work, features, args.model_rounds)
+
+        # -- the two servers -----------------------------------------------------------
+        port, metrics_port, rest_port = free_port(), free_port(), free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "STELLAR_GRPC_HOST": "127.0.0.1",
                "STELLAR_GRPC_PORT": str(port), "STELLAR_METRICS_HOST": "127.0.0.1",
                "STELLAR_METRICS_PORT": str(metrics_port), "STELLAR_MODEL_CACHE_DIR": str(work / "cache"),
                "STELLAR_POLL_SECONDS": "0", "STELLAR_LOG_LEVEL": "WARNING"}
         procs.append(subprocess.Popen([sys.executable, "-m", "stellar_serving", "serve"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w")))
+        procs.append(subprocess.Popen(
+            [str(Path(env_bin) / "mlflow"), "models", "serve", "-m", "models:/stellar-classifier@champion",
+             "--env-manager", "local", "--host", "127.0.0.1", "-p", str(rest_port), "--workers", "1"],
+            env={**env, "PATH": env_bin + os.pathsep + os.environ.get("PATH", "")},
+            stdout=open(work / "mlflow-serve.log", "w"), stderr=subprocess.STDOUT))
         target = f"127.0.0.1:{port}"
-        channel = grpc.insecure_channel(target)
-        stub = pb_grpc.ClassifierStub(channel)
+        base = f"http://127.0.0.1:{rest_port}"
+        stub = pb_grpc.ClassifierStub(grpc.insecure_channel(target))
         wait_until(lambda: stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=1).version, "the gRPC server")
+        wait_until(lambda: urllib.request.urlopen(f"{base}/ping", timeout=2).status == 200, "mlflow models serve")
 
-        # -- floor: in-process, same model files the server loaded -------------------
-        from stellar_core.registry import load_bundle
-        from mlflow.tracking import MlflowClient
-
+        # -- the floor: the same model files, in this process ---------------------------------
         mlflow_client = MlflowClient(uri, registry_uri=uri)
-        from stellar_core.registry import get_alias_version
-
-        bundle: ModelBundle = load_bundle(mlflow_client, get_alias_version(mlflow_client, "stellar-classifier"),
-                                          work / "floor-model")
-        # The floor is the better of the booster as trained (all cores) and a
-        # single-threaded copy, for each request size.
+        bundle = load_bundle(mlflow_client, get_alias_version(mlflow_client, "stellar-classifier"),
+                             work / "floor-model")
         single = bundle.booster.copy()
         single.set_param({"nthread": 1})
+        expected = bundle.predict_proba_inputs(inputs)
 
         def floor_with(booster):
             return lambda rows: booster.inplace_predict(derive_feature_matrix(rows))
 
-        print("measuring the in-process floor ...", flush=True)
-        for label, booster in (("all cores", bundle.booster), ("1 thread", single)):
-            one = run_sequential(f"floor: 1 object ({label})", floor_with(booster),
-                                 [inputs[k:k + 1] for k in singles], 1)
-            many = run_sequential(f"floor: {BATCH} objects ({label})", floor_with(booster),
-                                  [inputs[k:k + BATCH] for k in range(0, n, BATCH)], BATCH, warmup=2)
-            results.extend([one, many])
-        expected = bundle.predict_proba_inputs(inputs)
-
-        # -- stellar.v1 ---------------------------------------------------------------
-        print("measuring stellar.v1 ...", flush=True)
-        requests_1 = [pb.ClassifyRequest(object=objects[k]) for k in singles]
-        results.append(run_sequential("grpc Classify, concurrency 1", lambda r: stub.Classify(r, timeout=10),
-                                      requests_1, 1))
-
-        def per_thread_stub():
-            s = pb_grpc.ClassifierStub(grpc.insecure_channel(target))
-            return lambda r: s.Classify(r, timeout=10)
-
-        results.append(run_concurrent("grpc Classify, concurrency 16", per_thread_stub, requests_1, 16))
-        batch_requests = [pb.ClassifyBatchRequest(objects=b) for b in batches]
-        answers = []
-        results.append(run_sequential(f"grpc ClassifyBatch, {BATCH}/call",
-                                      lambda r: answers.append(stub.ClassifyBatch(r, timeout=30)),
-                                      batch_requests, BATCH, warmup=2))
-        got = np.array([[res.probabilities[c] for c in ("GALAXY", "QSO", "STAR")]
-                        for a in answers[-len(batches):] for res in a.results], dtype=np.float32)
-        assert np.array_equal(got, expected), "server answers differ from the in-process floor"
-
-        def stream_all(_):
-            for _response in stub.ClassifyStream(iter(batch_requests), timeout=120):
-                pass
-
-        list(stub.ClassifyStream(iter(batch_requests[:2]), timeout=60))  # warm-up
-        t0 = time.perf_counter()
-        stream_all(None)
-        wall = time.perf_counter() - t0
-        results.append(summary(f"grpc ClassifyStream, {BATCH}/message", [wall], n, wall))
-
-        # -- Open Inference Protocol (tritonclient) ------------------------------------
-        print("measuring the Open Inference Protocol path ...", flush=True)
+        # -- clients ------------------------------------------------------------------------------
         tclient = triton.InferenceServerClient(url=target)
-        feats = derive_feature_matrix(inputs)
 
-        def v2_inputs(rows: np.ndarray):
+        def v2_call(rows: np.ndarray):
             t = triton.InferInput("input__0", list(rows.shape), "FP32")
             t.set_data_from_numpy(rows)
-            return [t]
-
-        v2_single = [v2_inputs(feats[k:k + 1]) for k in singles]
-        results.append(run_sequential("v2 ModelInfer, 1 object", lambda i: tclient.infer("stellar-classifier", i),
-                                      v2_single, 1))
-        v2_batches = [v2_inputs(feats[k:k + BATCH]) for k in range(0, n, BATCH)]
-        results.append(run_sequential(f"v2 ModelInfer, {BATCH}/call",
-                                      lambda i: tclient.infer("stellar-classifier", i), v2_batches, BATCH, warmup=2))
-        check = tclient.infer("stellar-classifier", v2_batches[0]).as_numpy("output__0")
-        assert np.array_equal(check, expected[:BATCH])
-
-        # -- mlflow models serve ---------------------------------------------------------
-        print("starting `mlflow models serve` ...", flush=True)
-        rest_port = free_port()
-        rest_env = {**env, "PATH": env_bin + os.pathsep + os.environ.get("PATH", "")}
-        procs.append(subprocess.Popen(
-            [str(Path(env_bin) / "mlflow"), "models", "serve", "-m", "models:/stellar-classifier@champion",
-             "--env-manager", "local", "--host", "127.0.0.1", "-p", str(rest_port), "--workers", "1"],
-            env=rest_env, stdout=open(work / "mlflow-serve.log", "w"), stderr=subprocess.STDOUT))
-        base = f"http://127.0.0.1:{rest_port}"
-        wait_until(lambda: urllib.request.urlopen(f"{base}/ping", timeout=2).status == 200, "mlflow models serve")
-        import requests
+            return tclient.infer("stellar-classifier", [t])
 
         session = requests.Session()
-        columns = list(FEATURE_NAMES)
 
         def rest_body(rows: np.ndarray) -> bytes:
-            return json.dumps({"dataframe_split": {"columns": columns, "data": rows.tolist()}}).encode()
+            return json.dumps({"dataframe_split": {"columns": list(FEATURE_NAMES), "data": rows.tolist()}}).encode()
 
-        def rest_call(body: bytes):
-            r = session.post(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"},
-                             timeout=60)
-            r.raise_for_status()
-            return r
+        def rest_call_with(s):
+            def call(body: bytes):
+                r = s.post(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=60)
+                r.raise_for_status()
+                return r
+            return call
 
-        rest_single = [rest_body(feats[k:k + 1]) for k in singles[: args.mlflow_calls]]
-        print("measuring mlflow models serve ...", flush=True)
-        results.append(run_sequential("mlflow REST, 1 object", rest_call, rest_single, 1, warmup=10))
+        rest_call = rest_call_with(session)
+        grpc_c16 = [pb_grpc.ClassifierStub(grpc.insecure_channel(target)).Classify for _ in range(16)]
+        rest_c16 = [rest_call_with(requests.Session()) for _ in range(16)]
+        classify_requests = [pb.ClassifyRequest(object=o) for o in objects]
+        starts = {0} | {k for r in range(R + 1) for k in batch_slice(r)}  # rounds 0..R-1, plus warm-up
+        batch_requests = {k: pb.ClassifyBatchRequest(objects=objects[k:k + BATCH]) for k in starts}
+        rest_single_bodies = [rest_body(feats[k:k + 1]) for k in range(n)]
+        rest_batch_bodies = {k: rest_body(feats[k:k + BATCH]) for k in batch_requests}
 
-        def per_thread_session():
-            own = requests.Session()
-            return lambda body: own.post(f"{base}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"}, timeout=60).raise_for_status()
+        def seq(call, payloads, per_call):
+            latencies, wall = timed_sequential(call, payloads)
+            return latencies, per_call * len(payloads), wall
 
-        results.append(run_concurrent("mlflow REST, 1 object, concurrency 16", per_thread_session,
-                                      rest_single, 16))
-        rest_batches = [rest_body(feats[k:k + BATCH]) for k in range(0, min(n, 10 * BATCH), BATCH)]
-        results.append(run_sequential(f"mlflow REST, {BATCH}/call", rest_call, rest_batches, BATCH, warmup=1))
-        rest_answer = np.array(rest_call(rest_batches[0]).json()["predictions"], dtype=np.float32)
+        def conc(calls, payloads, per_call):
+            latencies, wall = timed_concurrent(calls, payloads)
+            return latencies, per_call * len(payloads), wall
+
+        def stream_round(r):
+            messages = [batch_requests[k] for k in batch_slice(r)]
+            t0 = time.perf_counter()
+            for _response in stub.ClassifyStream(iter(messages), timeout=120):
+                pass
+            wall = time.perf_counter() - t0
+            return [wall], BATCH * len(messages), wall
+
+        paths = [
+            Path_("floor, 1 object, all cores", "single",
+                  lambda r: seq(floor_with(bundle.booster), [inputs[k:k + 1] for k in single_slice(r, S)], 1)),
+            Path_("floor, 1 object, 1 thread", "single",
+                  lambda r: seq(floor_with(single), [inputs[k:k + 1] for k in single_slice(r, S)], 1)),
+            Path_("grpc Classify, concurrency 1", "single",
+                  lambda r: seq(lambda q: stub.Classify(q, timeout=10),
+                                [classify_requests[k] for k in single_slice(r, S)], 1)),
+            Path_("grpc Classify, concurrency 16", "single",
+                  lambda r: conc([(lambda c: (lambda q: c(q, timeout=10)))(c) for c in grpc_c16],
+                                 [classify_requests[k] for k in single_slice(r, S)], 1)),
+            Path_("v2 ModelInfer, 1 object", "single",
+                  lambda r: seq(v2_call, [feats[k:k + 1] for k in single_slice(r, S)], 1)),
+            Path_("mlflow REST, 1 object", "single",
+                  lambda r: seq(rest_call, [rest_single_bodies[k] for k in single_slice(r, SM)], 1)),
+            Path_("mlflow REST, 1 object, concurrency 16", "single",
+                  lambda r: conc(rest_c16, [rest_single_bodies[k] for k in single_slice(r, SM * 2)], 1)),
+            Path_(f"floor, {BATCH} objects, all cores", "batch",
+                  lambda r: seq(floor_with(bundle.booster), [inputs[k:k + BATCH] for k in batch_slice(r)], BATCH)),
+            Path_(f"floor, {BATCH} objects, 1 thread", "batch",
+                  lambda r: seq(floor_with(single), [inputs[k:k + BATCH] for k in batch_slice(r)], BATCH)),
+            Path_(f"grpc ClassifyBatch, {BATCH}/call", "batch",
+                  lambda r: seq(lambda q: stub.ClassifyBatch(q, timeout=60),
+                                [batch_requests[k] for k in batch_slice(r)], BATCH)),
+            Path_(f"grpc ClassifyStream, {BATCH}/message", "batch", stream_round),
+            Path_(f"v2 ModelInfer, {BATCH}/call", "batch",
+                  lambda r: seq(v2_call, [feats[k:k + BATCH] for k in batch_slice(r)], BATCH)),
+            Path_(f"mlflow REST, {BATCH}/call", "batch",
+                  lambda r: seq(rest_call, [rest_batch_bodies[k] for k in batch_slice(r)], BATCH)),
+        ]
+
+        # Same answers everywhere (and warm-up).
+        got = stub.ClassifyBatch(batch_requests[0], timeout=60)
+        assert np.array_equal(np.array([[x.probabilities[c] for c in CLASSES] for x in got.results], np.float32),
+                              expected[:BATCH]), "stellar.v1 answers differ from the in-process floor"
+        assert np.array_equal(v2_call(feats[:BATCH]).as_numpy("output__0"), expected[:BATCH])
+        rest_answer = np.array(rest_call(rest_batch_bodies[0]).json()["predictions"], dtype=np.float32)
         mlflow_matches = bool(np.allclose(rest_answer, expected[:BATCH], atol=1e-6))
+        for path in paths:
+            path.run(R)  # warm-up round, not recorded
+
+        loads = []
+        for r in range(R):
+            print(f"round {r + 1}/{R} (load average {os.getloadavg()[0]:.1f})", flush=True)
+            loads.append(os.getloadavg()[0])
+            for path in paths:
+                path.record(*path.run(r))
     finally:
         for proc in procs:
             proc.terminate()
@@ -317,46 +339,45 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
 
     # -- report --------------------------------------------------------------------------
+    results = [p.summary() for p in paths]
     by = {r["name"]: r for r in results}
-    floor_1 = max((r for r in results if r["name"].startswith("floor: 1 object")), key=lambda r: r["throughput"])
-    floor_b = max((r for r in results if r["name"].startswith(f"floor: {BATCH}")), key=lambda r: r["throughput"])
-    load = os.getloadavg()
-    print(f"\n{n} SDSS objects, {args.rounds}-round model, {os.cpu_count()} CPUs, "
-          f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)\n")
-    print(f"{'path':36} {'p50 ms':>9} {'p99 ms':>9} {'objects/s':>12} {'vs floor':>9}")
+    floor_1 = max((r for r in results if r["name"].startswith("floor, 1 object")), key=lambda r: r["throughput"])
+    floor_b = max((r for r in results if r["name"].startswith(f"floor, {BATCH}")), key=lambda r: r["throughput"])
+    print(f"\n{n} SDSS objects, {args.model_rounds}-round model, {os.cpu_count()} CPUs, {R} interleaved rounds; "
+          f"1-min load average during the rounds: {min(loads):.1f} .. {max(loads):.1f}")
+    print("throughput = median over rounds; vs floor = against the faster in-process floor of the same size\n")
+    print(f"{'path':40} {'p50 ms':>9} {'p99 ms':>9} {'objects/s':>11} {'vs floor':>9}")
     for r in results:
-        reference = floor_1 if ("1 object" in r["name"] or "Classify," in r["name"]) else floor_b
+        reference = floor_1 if r["group"] == "single" else floor_b
         r["ratio_to_floor"] = r["throughput"] / reference["throughput"]
-        print(f"{r['name']:36} {r['p50_ms']:9.3f} {r['p99_ms']:9.3f} {r['throughput']:12.0f} "
+        print(f"{r['name']:40} {r['p50_ms']:9.3f} {r['p99_ms']:9.3f} {r['throughput']:11.0f} "
               f"{r['ratio_to_floor']:9.2f}")
-    unary = by["grpc Classify, concurrency 1"]
-    unary16 = by["grpc Classify, concurrency 16"]
-    rest1 = by["mlflow REST, 1 object"]
+    unary, unary16 = by["grpc Classify, concurrency 1"], by["grpc Classify, concurrency 16"]
+    rest1, rest16 = by["mlflow REST, 1 object"], by["mlflow REST, 1 object, concurrency 16"]
+    batch, stream = by[f"grpc ClassifyBatch, {BATCH}/call"], by[f"grpc ClassifyStream, {BATCH}/message"]
+    print("\nratios:")
+    print(f"  grpc unary c1  / mlflow REST c1   : {unary['throughput'] / rest1['throughput']:.1f}x")
+    print(f"  grpc unary c16 / mlflow REST c16  : {unary16['throughput'] / rest16['throughput']:.1f}x")
+    print(f"  grpc batch / floor batch          : {batch['ratio_to_floor']:.2f}")
+    print(f"  grpc stream / floor batch         : {stream['ratio_to_floor']:.2f}")
+    print(f"  v2 batch / floor batch            : {by[f'v2 ModelInfer, {BATCH}/call']['ratio_to_floor']:.2f}")
+    print(f"  mlflow REST answers match the floor (1e-6): {mlflow_matches}")
     checks = {
         "unary p50 <= 1 ms (concurrency 1)": unary["p50_ms"] <= 1.0,
         "unary p99 <= 3 ms (concurrency 1)": unary["p99_ms"] <= 3.0,
-        "batch >= 0.5 x floor": by[f"grpc ClassifyBatch, {BATCH}/call"]["throughput"] >= 0.5 * floor_b["throughput"],
-        "stream >= 0.5 x floor": by[f"grpc ClassifyStream, {BATCH}/message"]["throughput"]
-        >= 0.5 * floor_b["throughput"],
+        "batch >= 0.5 x floor": batch["ratio_to_floor"] >= 0.5,
+        "stream >= 0.5 x floor": stream["ratio_to_floor"] >= 0.5,
         "single-object >= 10 x mlflow REST (concurrency 1)": unary["throughput"] >= 10 * rest1["throughput"],
+        "single-object >= 10 x mlflow REST (concurrency 16)": unary16["throughput"] >= 10 * rest16["throughput"],
     }
-    print("\nratios:")
-    print(f"  grpc unary c1 / mlflow REST single : {unary['throughput'] / rest1['throughput']:.1f}x")
-    rest16 = by["mlflow REST, 1 object, concurrency 16"]
-    print(f"  grpc unary c16 / mlflow REST c16   : {unary16['throughput'] / rest16['throughput']:.1f}x")
-    print(f"  grpc unary c16 / mlflow REST c1    : {unary16['throughput'] / rest1['throughput']:.1f}x")
-    print(f"  grpc batch / floor batch           : {by[f'grpc ClassifyBatch, {BATCH}/call']['ratio_to_floor']:.2f}")
-    print(f"  grpc stream / floor batch          : "
-          f"{by[f'grpc ClassifyStream, {BATCH}/message']['ratio_to_floor']:.2f}")
-    print(f"  mlflow REST answers match the floor: {mlflow_matches}")
     print("\ntargets:")
     for name, ok in checks.items():
         print(f"  [{'met' if ok else 'MISSED'}] {name}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"objects": n, "rounds": args.rounds, "cpus": os.cpu_count(), "load_average": load,
-                               "results": results,
-                               "targets": checks, "mlflow_matches": mlflow_matches}, indent=2))
+    out.write_text(json.dumps({"objects": n, "model_rounds": args.model_rounds, "cpus": os.cpu_count(),
+                               "load_average_1min": loads, "results": results, "targets": checks,
+                               "mlflow_matches": mlflow_matches}, indent=2))
     print(f"\nwritten {out}")
     return 0
 
