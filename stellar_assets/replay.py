@@ -99,7 +99,6 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
                challenger_config: dict | None = None, cooldown_weeks: int | None = None,
                say: Callable[[str], None] = print) -> pd.DataFrame:
     """Replay [first_week, last_week]; returns the per-week timeline (see module docstring)."""
-    from mlflow.tracking import MlflowClient  # noqa: F401  (imported for its side effects on logging config)
 
     from stellar_assets.partitions import observation_weeks
     from stellar_assets.training import window_weeks_from_env
