@@ -97,7 +97,7 @@ def _failure_text(result) -> str:
 def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: str = DEFAULT_FIRST_WEEK,
                last_week: str = DEFAULT_LAST_WEEK, *, training_window_weeks: int | None = None,
                challenger_config: dict | None = None, cooldown_weeks: int | None = None,
-               say: Callable[[str], None] = print) -> pd.DataFrame:
+               ingest: bool = True, say: Callable[[str], None] = print) -> pd.DataFrame:
     """Replay [first_week, last_week]; returns the per-week timeline (see module docstring)."""
 
     from stellar_assets.partitions import observation_weeks
@@ -138,12 +138,15 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
             f"in {seconds:.1f} s")
         return result
 
-    say(f"[replay 1] ingestion of {history_start}..{last_week} ({len(_weeks(history_start, last_week))} weeks) "
-        "in one run")
-    ingestion = execute("ingestion_job", {RANGE_START_TAG: history_start, RANGE_END_TAG: last_week},
-                        what=f"{history_start}..{last_week}")
-    if not ingestion.success:
-        raise ReplayError(f"ingestion failed: {_failure_text(ingestion)}")
+    if ingest:
+        say(f"[replay 1] ingestion of {history_start}..{last_week} "
+            f"({len(_weeks(history_start, last_week))} weeks) in one run")
+        ingestion = execute("ingestion_job", {RANGE_START_TAG: history_start, RANGE_END_TAG: last_week},
+                            what=f"{history_start}..{last_week}")
+        if not ingestion.success:
+            raise ReplayError(f"ingestion failed: {_failure_text(ingestion)}")
+    else:
+        say(f"[replay 1] ingestion skipped: {history_start}..{last_week} must be ingested already")
 
     challenger = {**REPLAY_CHALLENGER, **(challenger_config or {})}
     train_config = {"ops": {"challenger_model": {"config": challenger}}}
@@ -288,19 +291,23 @@ def print_timeline(timeline: pd.DataFrame, say: Callable[[str], None] = print) -
     say(f"({empty} weeks without spectra not shown; they were predicted and checked inside the same runs)")
 
 
-def replay_main(first_week: str | None = None, last_week: str | None = None, *,
+def replay_main(first_week: str | None = None, last_week: str | None = None, *, ingest: bool = True,
                 say: Callable[[str], None] = print) -> tuple[pd.DataFrame, Path, Path]:
     """The main job's replay step on the project's own instance (the one `make ui` opens):
-    run, print the timeline, save timeline.csv and timeline.png under <project home>/replay."""
+    run, print the timeline, save timeline.csv and timeline.png under <project home>/replay.
+    Range: the arguments, else STELLAR_REPLAY_FIRST_WEEK / STELLAR_REPLAY_LAST_WEEK, else the default."""
+    import os
+
     from stellar_core.home import configure_environment, project_home
 
     configure_environment()
     from stellar_assets.definitions import defs
 
     instance = dg.DagsterInstance.get()
-    first, last = first_week or DEFAULT_FIRST_WEEK, last_week or DEFAULT_LAST_WEEK
+    first = first_week or os.environ.get("STELLAR_REPLAY_FIRST_WEEK") or DEFAULT_FIRST_WEEK
+    last = last_week or os.environ.get("STELLAR_REPLAY_LAST_WEEK") or DEFAULT_LAST_WEEK
     started = time.perf_counter()
-    timeline = run_replay(instance, defs, first, last, say=say)
+    timeline = run_replay(instance, defs, first, last, ingest=ingest, say=say)
     elapsed = time.perf_counter() - started
     runs = timeline.attrs.get("runs", [])
     say(f"\nReplay {first}..{last}: {len(timeline)} weeks in {elapsed:.0f} s, {len(runs)} Dagster runs "

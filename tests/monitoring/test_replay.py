@@ -24,7 +24,7 @@ def test_replay_retrains_on_drift_promotes_and_predicts_with_the_new_champion(pl
         retrain_runs = [r for r in runs if r.tags.get("stellar/trigger") == "drift_retraining_sensor"]
         # The main job run again on the same instance: the same drift does not retrain twice.
         again = run_replay(instance, defs, FIRST, LAST, training_window_weeks=8, cooldown_weeks=8,
-                           challenger_config=SMALL_MODEL, say=lines.append)
+                           challenger_config=SMALL_MODEL, ingest=False, say=lines.append)
         new_runs = instance.get_runs()[: len(instance.get_runs()) - len(runs)]
     assert list(timeline["week"]) == [str(d.date()) for d in pd.date_range(FIRST, LAST, freq="7D")]
     retrained = timeline[timeline["retrained"]]
@@ -49,7 +49,7 @@ def test_replay_retrains_on_drift_promotes_and_predicts_with_the_new_champion(pl
     assert jobs.count("train_and_promote") == 2 and len(runs) == 5
     assert (timeline["rows"] == 0).sum() >= 1  # the empty week was in those runs all the same
 
-    assert [r.job_name for r in new_runs] == ["predict_and_check", "ingestion_job"]  # newest first
+    assert [r.job_name for r in new_runs] == ["predict_and_check"]  # data ingested already: one run
     assert again[again["retrained"]]["promotion"].tolist() == ["promoted (earlier run)"]
     assert again["model_version"].tolist() == timeline["model_version"].tolist()
 
