@@ -20,7 +20,6 @@ from stellar_assets.monitoring.resources import (  # noqa: E402
     monitoring_resources,
 )
 from stellar_assets.monitoring.sensors import build_retraining_sensor, reload_prediction_server  # noqa: E402
-from stellar_assets.partitions import observation_weeks  # noqa: E402
 
 MONITORING_ASSETS = [batch_predictions, drift_report, serving_report]
 MONITORING_CHECKS: list = []
@@ -29,7 +28,6 @@ MONITORING_CHECKS: list = []
 predict_and_check_job = dg.define_asset_job(
     "predict_and_check",
     selection=dg.AssetSelection.assets(batch_predictions, drift_report),
-    partitions_def=observation_weeks,
     description="Batch predictions with the champion of the time and the drift report, for a range of weeks.",
 )
 
@@ -38,7 +36,6 @@ weekly_monitoring_job = dg.define_asset_job(
     "weekly_monitoring",
     selection=dg.AssetSelection.assets("raw_observations", "observation_features", batch_predictions,
                                        drift_report, serving_report),
-    partitions_def=observation_weeks,
     description="Ingest, features, batch predictions, drift report and serving report for one week.",
 )
 

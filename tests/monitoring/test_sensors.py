@@ -77,15 +77,17 @@ def test_cool_down_is_honoured_in_observation_weeks(platform, champion_name, ins
     assert [r.partition_key for r in shorter.run_requests] == [DRIFT_WEEK]
 
 
-def test_weekly_schedule_runs_the_newest_complete_week():
+def test_weekly_schedule_runs_the_newest_complete_week(platform):
     import datetime as dt
 
-    from stellar_assets.monitoring import weekly_monitoring_job, weekly_monitoring_schedule
+    from stellar_assets.ingestion import INGESTION_ASSETS
+    from stellar_assets.monitoring import MONITORING_ASSETS, weekly_monitoring_job, weekly_monitoring_schedule
 
+    defs = dg.Definitions(assets=[*INGESTION_ASSETS, *MONITORING_ASSETS], jobs=[weekly_monitoring_job],
+                          schedules=[weekly_monitoring_schedule], resources=platform.resources("schedule"))
+    schedule = defs.get_schedule_def("weekly_monitoring_schedule")
     monday = dt.datetime(2012, 5, 14, 6, 0, tzinfo=dt.timezone.utc)
-    context = dg.build_schedule_context(scheduled_execution_time=monday)
-    result = weekly_monitoring_schedule.evaluate_tick(context)
+    result = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=monday))
     [request] = result.run_requests
     assert request.partition_key == "2012-05-06"  # the week Sunday 6th .. Saturday 12th May
-    assert weekly_monitoring_schedule.job_name == weekly_monitoring_job.name
-    assert weekly_monitoring_schedule.cron_schedule == "0 6 * * 1"
+    assert schedule.job_name == weekly_monitoring_job.name and schedule.cron_schedule == "0 6 * * 1"
