@@ -210,7 +210,7 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
         week = context.partition_key
         tracking = mlflow  # dagster-mlflow's resource: the mlflow API bound to this Dagster run's MLflow run
         # Enter at once: whatever fails below must end the MLflow run the resource opened.
-        with dagster_mlflow_run(tracking, f"challenger {week}") as run:
+        with dagster_mlflow_run(tracking, f"challenger {week}", "challenger_model") as run:
             gate = promotion_gate.validated()
             train, test = split_parts(train_test_split)
             if len(test) == 0 or len(train) == 0:
@@ -238,7 +238,7 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
             experiment_id = run.info.experiment_id
             mlflow.set_tags({
                 TAG_PARTITION: week, TAG_WINDOW_FIRST: window_first, TAG_WINDOW_LAST: week,
-                "stellar_asset": "challenger_model", "params_source": ",".join(sorted(set(sources.values()))),
+                "params_source": ",".join(sorted(set(sources.values()))),
             })
             mlflow.log_params({**params.as_dict(), "train_rows": len(train), "test_rows": len(test),
                                "window_first_week": window_first, "window_last_week": week})

@@ -38,22 +38,26 @@ for _noisy in ("mlflow.utils.environment", "mlflow.utils.uv_utils", "mlflow.trac
 
 
 @contextlib.contextmanager
-def dagster_mlflow_run(tracking, run_name: str):
-    """The MLflow run of this Dagster run, ended when the asset is done.
+def dagster_mlflow_run(tracking, run_name: str, asset_name: str):
+    """The MLflow run of this Dagster run for one asset, ended when the asset is done.
 
     Works around dagster-mlflow keeping its fluent run open after success: the
     package ends it only through the `end_mlflow_on_run_finished` hook, which
-    asset jobs and `materialize()` cannot attach reliably (dagster issue 21872:
-    it fires on the job's last node, not the last step that ran). Left open,
+    asset jobs and `materialize()` cannot attach, and which reacts to every
+    step's events rather than the run's end (dagster issue 21872). Left open,
     the run stays RUNNING forever, and the next Dagster run in the same process
-    finds it "already active" and logs into it under the new run's tags.
+    finds it "already active" and logs into it, overwriting its dagster_run_id tag.
     """
     active = mlflow.active_run()
-    if active is None:  # e.g. a second asset of the same Dagster run: resume the same MLflow run
-        run_id = tracking.mlflow_run_id or tracking._get_current_run_id()
-        active = mlflow.start_run(run_id=run_id, experiment_id=tracking.experiment.experiment_id)
-        mlflow.set_tag("dagster_run_id", tracking.dagster_run_id)
-    mlflow.set_tag("mlflow.runName", run_name)
+    if active is not None and mlflow.get_run(active.info.run_id).data.tags.get("stellar_asset"):
+        # Another asset of this Dagster run already logged here (dagster-mlflow resumes the run
+        # per step): give this asset a run of its own, so params of the two never collide.
+        mlflow.end_run()
+        active = None
+    if active is None:
+        active = mlflow.start_run(experiment_id=tracking.experiment.experiment_id,
+                                  tags={"dagster_run_id": tracking.dagster_run_id})
+    mlflow.set_tags({"mlflow.runName": run_name, "stellar_asset": asset_name})
     try:
         yield active
     except BaseException:

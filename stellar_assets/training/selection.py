@@ -43,7 +43,7 @@ def model_selection(context: dg.AssetExecutionContext, config: ModelSelectionCon
     tracking = mlflow  # dagster-mlflow's resource: the mlflow API bound to this Dagster run's MLflow run
     results = []
     # Enter at once: whatever fails below must end the MLflow run the resource opened.
-    with dagster_mlflow_run(tracking, "model selection") as parent:
+    with dagster_mlflow_run(tracking, "model selection", "model_selection") as parent:
         unknown = sorted(set(config.families) - set(FAMILIES))
         if unknown or not config.families:
             raise dg.Failure(description=f"families must be a non-empty subset of {list(FAMILIES)}; unknown: {unknown}")
@@ -57,7 +57,6 @@ def model_selection(context: dg.AssetExecutionContext, config: ModelSelectionCon
             table = table.sample(n=config.max_rows, random_state=config.seed).reset_index(drop=True)
         X, y = feature_matrix(table), label_indices(table[LABEL])
 
-        mlflow.set_tags({"stellar_asset": "model_selection"})
         mlflow.log_params({"rows": len(table), "folds": config.folds, "families": ",".join(config.families),
                            "candidates_per_family": config.candidates_per_family, "seed": config.seed,
                            "max_trees": config.max_trees})

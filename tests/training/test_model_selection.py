@@ -85,3 +85,27 @@ def test_unreadable_defaults_are_an_error_naming_the_file(store, model_name, tmp
         [mlflow.get_experiment_by_name("stellar-tests").experiment_id],
         filter_string=f"tags.dagster_run_id = '{result.run_id}'")
     assert [run.info.status for run in runs] == ["FAILED"]
+
+
+def test_two_tracked_assets_in_one_run_get_their_own_mlflow_runs(store, model_name, tmp_path):
+    from tests.training.conftest import STRONG
+
+    result = dg.materialize(
+        [*INGESTION_ASSETS, *store.training_assets, model_selection],
+        selection=[model_selection, *store.training_assets[:2]],  # the split and the challenger
+        resources=store.resources(model_name, tmp_path / "defaults.json"),
+        partition_key=EARLY_WEEK,
+        run_config={"ops": {
+            "challenger_model": {"config": STRONG},
+            "model_selection": {"config": {"families": ["xgboost"], "candidates_per_family": 1, "folds": 2,
+                                           "max_rows": 200, "max_trees": 20, "write_defaults": False}},
+        }},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    client = MlflowClient(store.tracking_uri)
+    runs = client.search_runs([mlflow.get_experiment_by_name("stellar-tests").experiment_id],
+                              filter_string=f"tags.dagster_run_id = '{result.run_id}'")
+    top_level = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.data.tags["stellar_asset"] for r in top_level) == ["challenger_model", "model_selection"]
+    assert all(r.info.status == "FINISHED" for r in runs)
