@@ -50,7 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STELLAR_TRAINING_WINDOW_WEEKS", (CODE,), "104", "trailing training window in weeks, or 'all'"),
     Setting("STELLAR_MODEL_DEFAULTS", (CODE,), "$STELLAR_HOME/training/model_defaults.json",
             "hyperparameters written by model selection"),
-    Setting("STELLAR_GATE_ACCURACY_FLOOR", (CODE,), "0.95", "promotion gate: minimum test accuracy"),
+    Setting("STELLAR_GATE_ACCURACY_FLOOR", (CODE,), "0.93", "promotion gate: minimum test accuracy"),
     Setting("STELLAR_GATE_SINGLE_ROW_BUDGET_MS", (CODE,), "25", "promotion gate: p95 single-row latency"),
     Setting("STELLAR_GATE_BATCH_BUDGET_MS", (CODE,), "100", "promotion gate: ms per 1000-row batch"),
     # monitoring (stellar_assets/monitoring)
