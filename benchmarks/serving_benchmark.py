@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             loads.append(os.getloadavg()[0])
             for path in paths:
                 path.record(*path.run(r))
+        metrics_text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     finally:
         for proc in procs:
             proc.terminate()
@@ -362,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  grpc stream / floor batch         : {stream['ratio_to_floor']:.2f}")
     print(f"  v2 batch / floor batch            : {by[f'v2 ModelInfer, {BATCH}/call']['ratio_to_floor']:.2f}")
     print(f"  mlflow REST answers match the floor (1e-6): {mlflow_matches}")
+    buckets = {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+               for line in metrics_text.splitlines() if line.startswith("stellar_booster_call_rows_bucket")}
+    one = buckets.get("1.0", 0.0)
+    few = buckets.get("50.0", 0.0) - one
+    print(f"  server booster calls (whole run): {one:.0f} with 1 row, {few:.0f} with 2-50 rows "
+          "(concurrent one-object calls predicted together)")
     checks = {
         "unary p50 <= 1 ms (concurrency 1)": unary["p50_ms"] <= 1.0,
         "unary p99 <= 3 ms (concurrency 1)": unary["p99_ms"] <= 3.0,

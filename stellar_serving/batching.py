@@ -15,6 +15,7 @@ request with the model (and version) it started with.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import numpy as np
 
@@ -33,14 +34,16 @@ class _Item:
 
 
 class MicroBatcher:
-    def __init__(self, max_rows: int) -> None:
+    def __init__(self, max_rows: int, observe: Callable[[int], None] | None = None) -> None:
         self.max_rows = max_rows  # requests this large (or larger) predict on their own
+        self._observe = observe or (lambda rows: None)  # rows per booster call, for the metrics
         self._cv = threading.Condition(threading.Lock())
         self._busy = False
         self._queue: list[_Item] = []
 
     def predict(self, model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
         if len(inputs) >= self.max_rows:
+            self._observe(len(inputs))
             return model.predict_proba(inputs)
         item = _Item(model, inputs)
         with self._cv:
@@ -54,7 +57,7 @@ class MicroBatcher:
                 batch = None
         if batch is not None:
             try:
-                _predict_together(batch)
+                _predict_together(batch, self._observe)
             finally:
                 with self._cv:
                     for queued in batch:
@@ -66,12 +69,13 @@ class MicroBatcher:
         return item.result
 
 
-def _predict_together(batch: list[_Item]) -> None:
+def _predict_together(batch: list[_Item], observe: Callable[[int], None]) -> None:
     groups: dict[int, list[_Item]] = {}
     for item in batch:
         groups.setdefault(id(item.model), []).append(item)
     for items in groups.values():
         try:
+            observe(sum(len(i.inputs) for i in items))
             if len(items) == 1:
                 items[0].result = items[0].model.predict_proba(items[0].inputs)
                 continue

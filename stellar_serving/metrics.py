@@ -26,6 +26,9 @@ class ServerMetrics:
         self.batch_size = Histogram(
             "stellar_batch_size_objects", "objects per request (per stream message for ClassifyStream)", ["method"],
             buckets=BATCH_BUCKETS, registry=r)
+        self.booster_rows = Histogram(
+            "stellar_booster_call_rows", "rows per booster call (concurrent small requests are predicted together)",
+            buckets=BATCH_BUCKETS, registry=r)
         self.objects = Counter("stellar_objects_classified_total", "objects classified", ["method"], registry=r)
         self.model_version = Gauge(
             "stellar_model_version", "registered model version being served (0: none)", ["model"], registry=r)

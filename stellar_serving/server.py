@@ -274,7 +274,8 @@ class StellarServer:
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
-        batcher = MicroBatcher(config.micro_batch_max_rows)  # shared: v1 and v2 calls batch together
+        # Shared: stellar.v1 and v2 calls are predicted together.
+        batcher = MicroBatcher(config.micro_batch_max_rows, observe=self.metrics.booster_rows.observe)
         pb_grpc.add_ClassifierServicer_to_server(
             ClassifierServicer(self.store, config, self.metrics, batcher), self.server)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(

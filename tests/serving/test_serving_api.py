@@ -232,6 +232,7 @@ def test_prometheus_metrics_count_requests_errors_batches_and_version(served, sa
     assert 'stellar_model_version{model="stellar-classifier"} 1.0' in text
     assert 'stellar_model_info{model="stellar-classifier",source="registry",version="1"} 1.0' in text
     assert 'stellar_objects_classified_total{method="ClassifyBatch"} 25.0' in text
+    assert "stellar_booster_call_rows_count 4.0" in text and "stellar_booster_call_rows_sum 28.0" in text
 
 
 def test_python_client_library(served, registry, sample_inputs):

@@ -208,7 +208,8 @@ def test_micro_batcher_predicts_queued_requests_together_per_model(registry, sam
 
     models = {v: LoadedModel(name="stellar-classifier", version=v, alias="champion", run_id="", bundle=b,
                              loaded_at=0.0, source="registry") for v, b in registry.bundles.items()}
-    batcher = MicroBatcher(max_rows=64)
+    calls: list[int] = []
+    batcher = MicroBatcher(max_rows=64, observe=calls.append)
     with batcher._cv:
         batcher._busy = True  # as if a prediction were running: arrivals must queue
     jobs = [("1", sample_inputs[0:1]), ("2", sample_inputs[1:3]), ("1", sample_inputs[3:4]), ("2", sample_inputs[4:5])]
@@ -233,3 +234,4 @@ def test_micro_batcher_predicts_queued_requests_together_per_model(registry, sam
     for k, (version, inputs) in enumerate(jobs):
         assert results[k].tolist() == registry.expected(version, inputs).tolist()
     assert batcher._queue == [] and not batcher._busy
+    assert sorted(calls) == [2, 3]  # one booster call per model: 1 + 1 rows for v1, 2 + 1 for v2
