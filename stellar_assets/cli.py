@@ -18,9 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job: ingest every week, train, promote, serve")
-    demo.add_argument("--first-week", help="first week to ingest (YYYY-MM-DD, a Sunday); default: all")
-    demo.add_argument("--last-week", help="last week to ingest; default: all")
+    demo = sub.add_parser("demo", help="the main job: replay a range of weeks (ingest, predict, drift, "
+                          "retrain, promote), then serve the final champion")
+    demo.add_argument("--first-week", help="first week of the replay (YYYY-MM-DD, a Sunday); default 2008-03-02")
+    demo.add_argument("--last-week", help="last week of the replay; default 2008-12-28 (up to 2020-03-22)")
+    ingest = sub.add_parser("ingest", help="backfill raw observations and features for every week, in one run")
+    ingest.add_argument("--first-week", help="first week (YYYY-MM-DD, a Sunday); default: the first")
+    ingest.add_argument("--last-week", help="last week; default: the last")
     sub.add_parser("ui", help="open the Dagster UI (dagster dev) on the main job's instance")
     sub.add_parser("serve", help="run the gRPC prediction server (see stellar_serving)", add_help=False)
     sub.add_parser("classify", help="classify objects through the prediction server", add_help=False)
@@ -41,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from stellar_assets.demo import run_demo
 
         return run_demo(first_week=args.first_week, last_week=args.last_week)
+    if args.command == "ingest":
+        from stellar_assets.demo import run_ingestion
+
+        return run_ingestion(first_week=args.first_week, last_week=args.last_week)
     if args.command == "ui":
         return _open_ui()
     parser.error(f"unknown command {args.command}")

@@ -20,7 +20,8 @@ def say(message: str = "") -> None:
     print(message, flush=True)
 
 
-def run_demo(first_week: str | None = None, last_week: str | None = None) -> int:
+def run_ingestion(first_week: str | None = None, last_week: str | None = None) -> int:
+    """`stellar ingest`: raw observations and features for every week (or a range) in ONE run."""
     csv, why = default_sdss_csv()
     configure_environment()
 
@@ -39,15 +40,9 @@ def run_demo(first_week: str | None = None, last_week: str | None = None) -> int
             say(f"--{name}-week {week} is not an observation week: weeks start on Sundays between {keys[0]} and {keys[-1]}")
             return 2
     selected = keys[keys.index(first): keys.index(last) + 1]
-
-    say(f"stellar main job: project home {project_home()}")
-    if csv:
-        say(f"Source: SDSS17 CSV {csv} ({why})")
-    else:
-        say("Source: the built-in simulator (no SDSS17 CSV configured: put the Kaggle download at "
-            "data/star_classification.csv or set STELLAR_SDSS_CSV)")
-
-    say(f"\n[1] Ingestion: raw_observations + observation_features for {len(selected)} weeks "
+    say(f"stellar ingest: project home {project_home()}")
+    _say_source(csv, why)
+    say(f"Ingestion: raw_observations + observation_features for {len(selected)} weeks "
         f"({first} .. {last}) as ONE run (single-run backfill policy)")
     started = time.perf_counter()
     result = defs.resolve_job_def("ingestion_job").execute_in_process(
@@ -57,37 +52,53 @@ def run_demo(first_week: str | None = None, last_week: str | None = None) -> int
     elapsed = time.perf_counter() - started
     if not result.success:
         say(f"Ingestion run {result.run_id} FAILED after {elapsed:.1f} s:")
-        for event in result.all_events:
-            if event.is_step_failure or event.event_type_value == "ASSET_CHECK_EVALUATION":
-                say(f"  - {event.message}")
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
-        if failure and failure.step_failure_data and failure.step_failure_data.user_failure_data:
-            say(f"  {failure.step_failure_data.user_failure_data.description}")
-        return 1
-    say(_ingestion_summary(result, elapsed))
-
-    say(f"\n[2] Training: train_test_split -> challenger_model (gate checks) -> champion_model at week {last}")
-    started = time.perf_counter()
-    result = defs.resolve_job_def("train_and_promote").execute_in_process(
-        instance=instance, run_config=QUIET_LOGS, partition_key=last, raise_on_error=False,
-        tags={"stellar/step": "training"},
-    )
-    if not result.success:
-        say(f"Training run {result.run_id} FAILED after {time.perf_counter() - started:.1f} s:")
         _print_failures(result)
         return 1
-    from stellar_assets.training import describe_champion
+    say(_ingestion_summary(result, elapsed))
+    say(f"\nOpen the Dagster UI on this instance:  make ui   (DAGSTER_HOME={instance.root_directory})")
+    return 0
 
-    say(f"Run {result.run_id}: done in {time.perf_counter() - started:.1f} s")
+
+def run_demo(first_week: str | None = None, last_week: str | None = None) -> int:
+    """`stellar demo`, the main job: replay a range of weeks, then serve the final champion."""
+    csv, why = default_sdss_csv()
+    configure_environment()
+
+    import dagster as dg
+
+    from stellar_assets.replay import DEFAULT_FIRST_WEEK, DEFAULT_LAST_WEEK, ReplayError, replay_main
+    from stellar_assets.training import describe_champion
+    from stellar_core.home import project_home
+
+    first, last = first_week or DEFAULT_FIRST_WEEK, last_week or DEFAULT_LAST_WEEK
+    say(f"stellar main job: project home {project_home()}")
+    _say_source(csv, why)
+    say(f"\n[1] Replay of {first} .. {last}: for each week in order, ingest, predict with the champion of the "
+        "time, check drift, retrain when the retraining sensor says so, promote when the gate passes")
+    try:
+        replay_main(first, last, say=say)
+    except ReplayError as exc:
+        say(f"Replay stopped: {exc}")
+        return 1
+    say("\n[2] The champion now")
     say(describe_champion())
 
     say("\n[3] Serving: the gRPC prediction server on the champion, asked about a few real objects")
     if _serve_and_classify() != 0:
         return 1
-    say(f"\nOpen the Dagster UI on this instance:  make ui   (DAGSTER_HOME={instance.root_directory})")
+    say(f"\nOpen the Dagster UI on this instance:  make ui   (DAGSTER_HOME={dg.DagsterInstance.get().root_directory})")
     say("Open the MLflow UI on the same store:  make mlflow-ui")
     say("Run the prediction server:             make serve")
+    say("Backfill every week of the source:     .venv/bin/stellar ingest")
     return 0
+
+
+def _say_source(csv: str | None, why: str) -> None:
+    if csv:
+        say(f"Source: SDSS17 CSV {csv} ({why})")
+    else:
+        say("Source: the built-in simulator (no SDSS17 CSV configured: put the Kaggle download at "
+            "data/star_classification.csv or set STELLAR_SDSS_CSV)")
 
 
 def _print_failures(result) -> None:
@@ -112,7 +123,7 @@ def _serve_and_classify(n_objects: int = 6) -> int:
 
     import pandas as pd
 
-    from stellar_core.contract import MODEL_INPUTS
+    from stellar_core.contract import CLASSES, MODEL_INPUTS
     from stellar_core.home import data_dir, mlflow_tracking_uri, project_home
     from stellar_serving.client import StellarClient
 
@@ -137,13 +148,13 @@ def _serve_and_classify(n_objects: int = 6) -> int:
                     return 1
                 time.sleep(0.3)
             info = client.model_info()
-            say(f"server on 127.0.0.1:{port} answers with {info.model_name} v{info.model_version} "
+            say(f"server on 127.0.0.1:{port} answers with {info.name} v{info.version} "
                 f"(metrics on http://127.0.0.1:{metrics_port}/metrics)")
             sample = _recent_real_objects(data_dir(), n_objects)
             results = client.classify_batch(sample[list(MODEL_INPUTS)].to_dict("records"))
             say(f"  {'object':>20}  {'true':6}  {'predicted':9}  probabilities")
             for (_, row), res in zip(sample.iterrows(), results):
-                probs = "  ".join(f"{k} {v:.3f}" for k, v in res.probabilities.items())
+                probs = "  ".join(f"{k} {res.probabilities.get(k, 0.0):.3f}" for k in CLASSES)
                 say(f"  {row['object_id']:>20}  {row['label']:6}  {res.predicted_class:9}  {probs}")
     finally:
         server.terminate()
