@@ -228,7 +228,8 @@ def build_timeline(weeks: list[str], log: ReplayLog) -> pd.DataFrame:
             "week": week,
             "rows": predictions.get("rows", 0),
             "model_version": predictions.get("model_version"),
-            "accuracy": drift.get("accuracy"),
+            "accuracy": predictions.get("accuracy"),  # this week's rows only
+            "window_accuracy": drift.get("accuracy"),  # the rows the drift report tested
             "drift_status": drift.get("status"),
             "drift_flags": ",".join(drift.get("failed_checks") or []),
             "weeks_tested": len(drift.get("weeks_tested") or []),

@@ -155,7 +155,13 @@ def batch_predictions(context: dg.AssetExecutionContext, observation_features: p
     for week, frame in per_week.items():
         version = versions[week]
         tags = version.tags or {}
+        metadata = {}
+        labelled = frame["label"].isin(CLASSES)
+        if labelled.any():  # the week's own accuracy (the drift report's may span a trailing window)
+            metadata["accuracy"] = dg.MetadataValue.float(
+                float((frame.loc[labelled, "label"] == frame.loc[labelled, "predicted_class"]).mean()))
         context.add_asset_metadata({
+            **metadata,
             "rows": dg.MetadataValue.int(len(frame)),
             "class_mix": dg.MetadataValue.json(_mix(frame["predicted_class"])),
             "model_version": dg.MetadataValue.text(str(version.version)),

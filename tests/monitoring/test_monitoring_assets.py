@@ -38,6 +38,8 @@ def test_same_week_twice_stores_the_same_rows_once(platform, champion_name):
     stored_twice = _db(platform, "idempotent").read_weeks()
     assert first.success and second.success
     assert len(stored_once) == metadata_of(first, "batch_predictions")["rows"] == 42
+    week_accuracy = (stored_once["label"] == stored_once["predicted_class"]).mean()
+    assert metadata_of(first, "batch_predictions")["accuracy"] == pytest.approx(week_accuracy)
     assert not stored_twice.duplicated(["object_id", "week"]).any()
     pd.testing.assert_frame_equal(stored_once.drop(columns="dagster_run_id"), stored_twice.drop(columns="dagster_run_id"))
     assert set(stored_twice["dagster_run_id"]) == {second.run_id}  # the week's rows were replaced
