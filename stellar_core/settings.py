@@ -60,6 +60,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STELLAR_SERVING_METRICS_URL", (CODE,), "http://127.0.0.1:9464/metrics", "its Prometheus endpoint"),
     Setting("STELLAR_RETRAIN_COOLDOWN_WEEKS", (CODE,), "see stellar_assets/monitoring/sensors.py",
             "weeks between drift-triggered retrainings"),
+    # replay (stellar_assets/replay.py): weeks replayed against the prediction server
+    Setting("STELLAR_REPLAY_FIRST_WEEK", (HOME,), "see stellar_assets/replay.py", "first week replayed"),
+    Setting("STELLAR_REPLAY_LAST_WEEK", (HOME,), "see stellar_assets/replay.py", "last week replayed"),
     # the production instance (dagster.yaml `env:` entries)
     Setting("DAGSTER_PG_HOST", (INSTANCE,), None, "PostgreSQL host of Dagster's storage"),
     Setting("DAGSTER_PG_PORT", (INSTANCE,), None, "its port"),

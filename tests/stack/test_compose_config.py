@@ -89,7 +89,7 @@ def _code_reads() -> set[str]:
 
 
 # Library knobs the code sets for itself (setdefault), not settings an operator gives.
-SELF_SET = {"GX_ANALYTICS_ENABLED", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+SELF_SET = {"GX_ANALYTICS_ENABLED", "OMP_WAIT_POLICY", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"}
 
 
