@@ -77,7 +77,9 @@ def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSO
             return dg.SkipReason("no new drift reports since the last tick")
         requests: list[dg.RunRequest] = []
         notes: list[str] = []
-        planned: list[str] = []  # weeks requested earlier in this tick count for the cool-down
+        # Read the retraining runs once per tick (sensor evaluations time out after 60 s).
+        retrained = [run.tags.get(RETRAIN_WEEK_TAG) for run in _runs_with(context.instance, {TRIGGER_TAG: TRIGGER})]
+        planned: list[str] = [w for w in retrained if w]  # plus weeks requested earlier in this tick
         for record in result.records:
             materialization = record.asset_materialization
             week = materialization.partition
@@ -85,8 +87,7 @@ def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSO
             if week is None or "status" not in metadata:
                 continue
             failed = list(metadata.get("failed_checks") or [])
-            last = max([w for w in [last_retraining_week(context.instance, week), *planned] if w and w <= week],
-                       default=None)
+            last = max([w for w in planned if w <= week], default=None)
             key = f"drift-retrain-{week}"
             requested = bool(_runs_with(context.instance, {RUN_KEY_TAG: key}, limit=1)) or key in {
                 r.run_key for r in requests}
