@@ -108,7 +108,7 @@ class ModelStore:
         # minutes of retries with backoff before we may fall back to the cache.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, config.registry_timeout_seconds))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(config.registry_max_retries))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # an int for MLflow 3
 
     # -- what requests use -------------------------------------------------
     @property

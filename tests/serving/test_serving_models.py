@@ -235,3 +235,51 @@ def test_micro_batcher_predicts_queued_requests_together_per_model(registry, sam
         assert results[k].tolist() == registry.expected(version, inputs).tolist()
     assert batcher._queue == [] and not batcher._busy
     assert sorted(calls) == [2, 3]  # one booster call per model: 1 + 1 rows for v1, 2 + 1 for v2
+
+
+def test_real_mlflow_server_then_stopped(make_server, registry, sample_inputs, tmp_path):
+    """The registry over HTTP (a real `mlflow server`), then that server stopped."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    registry.set_champion("2")
+    copy = tmp_path / "registry-copy"
+    shutil.copytree(registry.root, copy)
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    log = open(tmp_path / "mlflow-server.log", "w")
+    mlflow_server = subprocess.Popen(
+        [str(Path(bin_dir) / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{copy / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")},
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert mlflow_server.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-2000:]
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.3)
+        server = make_server(tracking_uri=f"http://127.0.0.1:{port}")
+        conn = Conn(server.port)
+        info = conn.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+        assert (info.version, info.source) == ("2", "registry")
+    finally:
+        mlflow_server.terminate()
+        mlflow_server.wait(timeout=30)
+        log.close()
+    code, details = _code(lambda: conn.stub.ReloadModel(pb.ReloadModelRequest(), timeout=60))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert f"model registry at http://127.0.0.1:{port} unreachable" in details
+    inputs = sample_inputs[:40]
+    batch = conn.stub.ClassifyBatch(pb.ClassifyBatchRequest(objects=to_objects(inputs)), timeout=10)
+    assert [probabilities_of(r) for r in batch.results] == registry.expected("2", inputs).tolist()
+    assert conn.statuses() == {"SERVING"}
+    registry.set_champion("1")
