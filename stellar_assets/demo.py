@@ -66,17 +66,17 @@ def run_demo(first_week: str | None = None, last_week: str | None = None) -> int
 
     import dagster as dg
 
-    from stellar_assets.replay import DEFAULT_FIRST_WEEK, DEFAULT_LAST_WEEK, ReplayError, replay_main
+    from stellar_assets.replay import ReplayError, replay_main
     from stellar_assets.training import describe_champion
     from stellar_core.home import project_home
 
-    first, last = first_week or DEFAULT_FIRST_WEEK, last_week or DEFAULT_LAST_WEEK
     say(f"stellar main job: project home {project_home()}")
     _say_source(csv, why)
-    say(f"\n[1] Replay of {first} .. {last}: for each week in order, ingest, predict with the champion of the "
-        "time, check drift, retrain when the retraining sensor says so, promote when the gate passes")
+    say("\n[1] Replay: for each week in order, ingest, predict with the champion of the time, check drift, "
+        "retrain when the retraining sensor says so, promote when the gate passes")
     try:
-        replay_main(first, last, say=say)
+        # None lets the replay apply STELLAR_REPLAY_FIRST_WEEK / _LAST_WEEK, then its defaults.
+        replay_main(first_week, last_week, say=say)
     except ReplayError as exc:
         say(f"Replay stopped: {exc}")
         return 1
