@@ -147,6 +147,46 @@ def registry(tmp_path_factory, sample) -> Registry:
     return reg
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_http_server(registry, tmp_path_factory):
+    """A real `mlflow server` on the test registry, started when the session starts so its
+    slow start-up overlaps other tests; test_real_mlflow_server_then_stopped uses (and stops) it."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    log_path = tmp_path_factory.mktemp("mlflow-server") / "server.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [str(Path(bin_dir) / "mlflow"), "server", "--backend-store-uri", registry.tracking_uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        # MLflow 3 also starts a job runner with several worker processes (one
+        # import of MLflow each): not needed for a registry, and heavy on 2 cores.
+        env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # its own group: stop takes the workers too
+    server = {"process": process, "url": f"http://127.0.0.1:{port}", "log": log_path,
+              "stop": lambda: _stop_group(process)}
+    yield server
+    _stop_group(process)
+    log.close()
+
+
+def _stop_group(process) -> None:
+    import signal
+    import subprocess
+
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @pytest.fixture
 def make_server(registry, tmp_path):
     """Start servers on 127.0.0.1 (free ports) against the test registry; stopped at teardown."""

@@ -237,47 +237,33 @@ def test_micro_batcher_predicts_queued_requests_together_per_model(registry, sam
     assert sorted(calls) == [2, 3]  # one booster call per model: 1 + 1 rows for v1, 2 + 1 for v2
 
 
-def test_real_mlflow_server_then_stopped(make_server, registry, sample_inputs, tmp_path):
-    """The registry over HTTP (a real `mlflow server`), then that server stopped."""
-    import os
-    import subprocess
-    import sys
+def test_real_mlflow_server_then_stopped(make_server, registry, mlflow_http_server, sample_inputs):
+    """The registry over HTTP (a real `mlflow server` on the test store), then that server stopped."""
     import urllib.request
-    from pathlib import Path
 
     registry.set_champion("2")
-    copy = tmp_path / "registry-copy"
-    shutil.copytree(registry.root, copy)
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)
-    log = open(tmp_path / "mlflow-server.log", "w")
-    mlflow_server = subprocess.Popen(
-        [str(Path(bin_dir) / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{copy / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")},
-        stdout=log, stderr=subprocess.STDOUT)
+    process, url = mlflow_http_server["process"], mlflow_http_server["url"]
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, mlflow_http_server["log"].read_text()[-2000:]
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.3)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert mlflow_server.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-2000:]
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.3)
-        server = make_server(tracking_uri=f"http://127.0.0.1:{port}")
+        server = make_server(tracking_uri=url)
         conn = Conn(server.port)
         info = conn.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
         assert (info.version, info.source) == ("2", "registry")
     finally:
-        mlflow_server.terminate()
-        mlflow_server.wait(timeout=30)
-        log.close()
+        mlflow_http_server["stop"]()  # the outage: the whole server process group goes
+    assert process.poll() is not None
     code, details = _code(lambda: conn.stub.ReloadModel(pb.ReloadModelRequest(), timeout=60))
     assert code == grpc.StatusCode.UNAVAILABLE
-    assert f"model registry at http://127.0.0.1:{port} unreachable" in details
+    assert f"model registry at {url} unreachable" in details
     inputs = sample_inputs[:40]
     batch = conn.stub.ClassifyBatch(pb.ClassifyBatchRequest(objects=to_objects(inputs)), timeout=10)
     assert [probabilities_of(r) for r in batch.results] == registry.expected("2", inputs).tolist()
