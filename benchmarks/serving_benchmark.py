@@ -30,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -213,13 +214,15 @@ def main(argv: list[str] | None = None) -> int:
                "STELLAR_GRPC_PORT": str(port), "STELLAR_METRICS_HOST": "127.0.0.1",
                "STELLAR_METRICS_PORT": str(metrics_port), "STELLAR_MODEL_CACHE_DIR": str(work / "cache"),
                "STELLAR_POLL_SECONDS": "0", "STELLAR_LOG_LEVEL": "WARNING"}
+        # Own process groups: stopping them takes their children (uvicorn workers) too.
         procs.append(subprocess.Popen([sys.executable, "-m", "stellar_serving", "serve"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w")))
+                                      stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"),
+                                      start_new_session=True))
         procs.append(subprocess.Popen(
             [str(Path(env_bin) / "mlflow"), "models", "serve", "-m", "models:/stellar-classifier@champion",
              "--env-manager", "local", "--host", "127.0.0.1", "-p", str(rest_port), "--workers", "1"],
             env={**env, "PATH": env_bin + os.pathsep + os.environ.get("PATH", "")},
-            stdout=open(work / "mlflow-serve.log", "w"), stderr=subprocess.STDOUT))
+            stdout=open(work / "mlflow-serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
         target = f"127.0.0.1:{port}"
         base = f"http://127.0.0.1:{rest_port}"
         stub = pb_grpc.ClassifierStub(grpc.insecure_channel(target))
@@ -332,12 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         metrics_text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     finally:
         for proc in procs:
-            proc.terminate()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     # -- report --------------------------------------------------------------------------
     results = [p.summary() for p in paths]
