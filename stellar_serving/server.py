@@ -15,8 +15,9 @@ import os
 # XGBoost's OpenMP threads spin while they wait for work. When other processes
 # keep the cores busy, a spinning team member holds the core another one needs
 # and a 0.4 ms prediction takes 20-100 ms (measured on the shared 2-core host);
-# sleeping waiters cost microseconds. Read when xgboost loads, so set here,
-# before the imports below load it (only the server: client users are untouched).
+# sleeping waiters cost microseconds. libgomp reads it when xgboost loads: the
+# `serve` command sets it first thing; this line covers embedding the server in
+# a process that has not loaded xgboost yet. Client users are untouched.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hmac  # noqa: E402
