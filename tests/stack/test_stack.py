@@ -18,6 +18,7 @@ import time
 import pandas as pd
 import pytest
 
+from stellar_core.model_bundle import TAG_DAGSTER_RUN, TAG_WINDOW_LAST
 from stellar_serving.client import StellarClient
 
 from .dagster_api import DagsterApi
@@ -139,7 +140,9 @@ def test_training_registers_a_champion_in_the_mlflow_server(stack, api, state):
 
     client = mlflow_client(stack)
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert champion.tags.get("dagster_run_id", run_id) == run_id or champion.run_id
+    # The champion is the version this Dagster run registered (lineage tag on the version).
+    assert champion.tags.get(TAG_DAGSTER_RUN) == run_id, champion.tags
+    assert champion.tags.get(TAG_WINDOW_LAST) == LAST_WEEK, champion.tags
     # The registry lives in the MLflow server's PostgreSQL database, the model files in S3.
     assert stack.pg.query("mlflow", "SELECT alias, version FROM registered_model_aliases WHERE name = %s",
                           (MODEL,)) == [("champion", int(champion.version))]
