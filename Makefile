@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: demo test ui mlflow-ui serve install system-deps clean
+.PHONY: demo test test-stack ui mlflow-ui serve install system-deps clean
 
 $(UV):
 	python3 -m venv .tools
@@ -30,6 +30,10 @@ demo: install
 
 test: install system-deps
 	$(VENV)/bin/pytest
+
+# The production stack as real local processes, alone (also part of `make test`).
+test-stack: install system-deps
+	$(VENV)/bin/pytest tests/stack -m stack
 
 ui: install
 	$(VENV)/bin/stellar ui

@@ -36,8 +36,6 @@ THIRD_PARTY = {
     "mlflow": {"MLFLOW_PG_HOST", "MLFLOW_PG_PORT", "MLFLOW_PG_DB", "MLFLOW_PG_USER", "MLFLOW_PG_PASSWORD",
                "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"},
-    # MLflow's HTTP client (see the comment in docker-compose.yml)
-    "serving": {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"},
     # boto3 (S3Resource, the s3:// source) reads the standard AWS variables
     "code-server": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"},
 }
