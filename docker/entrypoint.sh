@@ -8,7 +8,7 @@ for name in DAGSTER_HOME DAGSTER_PG_HOST DAGSTER_PG_PORT DAGSTER_PG_DB DAGSTER_P
   [ -n "$value" ] || missing="$missing $name"
 done
 if [ -n "$missing" ]; then
-  echo "stellar: missing environment variables:$missing (see .env.example and docs/operations.md)" >&2
+  echo "stellar: missing environment variables:$missing (see .env.example and README.md, Operations)" >&2
   exit 64
 fi
 exec "$@"

@@ -1,7 +1,7 @@
 """Every environment variable stellar reads, in one place, with who reads it.
 
 Pure data (no imports of Dagster, MLflow or the server), so that the compose
-consistency test (tests/stack/test_compose_config.py), docs/operations.md and
+consistency test (tests/stack/test_compose_config.py), README.md, Operations and
 `.env.example` can be checked against it. The test also scans the source for
 `os.environ` / `dg.EnvVar` reads, so a variable the code starts reading must be
 listed here; the prediction server's own list is stellar_serving.config.ServingConfig.

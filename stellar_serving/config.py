@@ -1,7 +1,7 @@
 """Server configuration: every setting, its environment variable and default, in ONE place.
 
 `ServingConfig.from_env()` reads the process environment; `env_vars()` lists the
-names (docs/serving.md and the production stack's compose file are checked
+names (README.md, Serving and the production stack's compose file are checked
 against it). Nothing else in stellar_serving reads os.environ for settings.
 """
 

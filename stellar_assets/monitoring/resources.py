@@ -152,7 +152,7 @@ class PredictionServer(dg.ConfigurableResource):
 
 
 class DriftSettings(dg.ConfigurableResource):
-    """Thresholds of stellar_core.drift (see docs/monitoring.md) and where reports go in MLflow."""
+    """Thresholds of stellar_core.drift (see README.md, Monitoring) and where reports go in MLflow."""
 
     min_rows: int = 30
     trailing_weeks: int = Field(default=4, description="at most this many weeks (W and earlier) when W alone is small")
