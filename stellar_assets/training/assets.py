@@ -254,6 +254,9 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
                 "lineage": {"dagster_run_id": context.run_id, "dagster_partition": week, "mlflow_run_id": run_id},
             }
             log_model_and_bundle(booster, train, card)
+            # The fluent API registers through the process-wide registry URI, which other code in
+            # the same process may have pointed elsewhere: make it this resource's registry.
+            mlflow.set_registry_uri(model_registry.tracking_uri)
             version = mlflow.register_model(
                 f"runs:/{run_id}/model", model_registry.model_name,
                 tags={TAG_WINDOW_FIRST: window_first, TAG_WINDOW_LAST: week,
