@@ -61,6 +61,9 @@ class CleaningReport:
     rows_in: int = 0
     rows_out: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    # Per input row (same index): why it was dropped, or None. Lets callers break the
+    # counts down (by week, say) without computing the reasons again.
+    row_reasons: pd.Series | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         return {"rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(self.dropped)}
@@ -101,7 +104,8 @@ def clean_observations(raw: pd.DataFrame) -> tuple[pd.DataFrame, CleaningReport]
     reasons = drop_reasons(raw)
     counts = reasons.dropna().value_counts()
     cleaned = raw.loc[reasons.isna()]
-    report = CleaningReport(rows_in=len(raw), rows_out=len(cleaned), dropped={str(k): int(v) for k, v in counts.items()})
+    report = CleaningReport(rows_in=len(raw), rows_out=len(cleaned), dropped={str(k): int(v) for k, v in counts.items()},
+                            row_reasons=reasons)
     return cleaned, report
 
 

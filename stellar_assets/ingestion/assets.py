@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from stellar_core.contract import LABEL_COLUMN, MJD_COLUMN
-from stellar_core.features import FEATURE_NAMES, build_features, drop_reasons
+from stellar_core.features import FEATURE_NAMES, build_features
 from stellar_core.sources import SourceError
 from stellar_core.quality import QualityReport, validate_observations
 from stellar_core.weeks import week_keys_for_mjds
@@ -171,8 +171,7 @@ def observation_features(context: dg.AssetExecutionContext, raw_observations: pd
     per_week = _split_by_week(table, table["week"], keys)
     schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in table.dtypes.items()])
     # Count every dropped row against its week, by reason: nothing disappears silently.
-    reasons = drop_reasons(raw_observations)
-    dropped = pd.DataFrame({"week": _week_table(raw_observations), "reason": reasons}).dropna()
+    dropped = pd.DataFrame({"week": _week_table(raw_observations), "reason": report.row_reasons}).dropna()
     dropped_by_week = {week: group["reason"].value_counts().to_dict() for week, group in dropped.groupby("week")}
     for key, part in per_week.items():
         metadata = _week_metadata(part, "label", "raw_observations")
