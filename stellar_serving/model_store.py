@@ -31,6 +31,7 @@ from stellar_core.contract import CLASSES, INPUT_RANGES, MODEL_INPUTS
 from stellar_core.features import derive_feature_matrix
 from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ModelBundle
 
+from stellar_serving.booster_call import DensePredictor
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 
@@ -63,11 +64,14 @@ class LoadedModel:
     source: str  # "registry" or "cache"
     training_window: tuple[str, str] = ("", "")
     metrics: dict = field(default_factory=dict, compare=False)
-    # A single-threaded copy of the booster for small requests: concurrency comes
-    # from the server's threads (inplace_predict releases the GIL); an OpenMP
-    # team per one-object call costs more than the prediction, and on a busy
-    # machine a team waiting for a core stalls the call for milliseconds.
-    single_threaded: object = field(default=None, repr=False, compare=False)
+    # Two direct booster calls (see booster_call.py). Small requests use a
+    # single-threaded copy: concurrency comes from the server's threads (the
+    # call releases the GIL); an OpenMP team per one-object call costs more than
+    # the prediction, and on a busy machine a team waiting for a core stalls the
+    # call for milliseconds. Requests of `parallel_batch_min` rows or more use
+    # the booster's own threads. None: the bundle's inplace_predict.
+    predict_small: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    predict_large: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
     parallel_batch_min: int = 256
 
     @property
@@ -80,10 +84,10 @@ class LoadedModel:
 
     def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] raw inputs -> float32 [n, 3]: derive_feature_matrix, then the booster."""
-        if self.single_threaded is None or len(inputs) >= self.parallel_batch_min:
+        predict = self.predict_small if len(inputs) < self.parallel_batch_min else self.predict_large
+        if predict is None:
             return self.bundle.predict_proba_inputs(inputs)
-        out = self.single_threaded.inplace_predict(derive_feature_matrix(inputs))
-        return np.asarray(out, dtype=np.float32).reshape(-1, len(CLASSES))
+        return predict(derive_feature_matrix(inputs))
 
 
 @dataclass(frozen=True)
@@ -261,13 +265,21 @@ class ModelStore:
             bundle.booster.set_param({"nthread": self.config.predict_threads})
         single = bundle.booster.copy()
         single.set_param({"nthread": 1})
-        single.inplace_predict(derive_feature_matrix(probe))  # warm up
+        # Probe rows spread over the input ranges: the direct call must answer them
+        # exactly as inplace_predict does, or the server uses inplace_predict.
+        rows = np.linspace(0.05, 0.95, 64, dtype=np.float64)[:, None]
+        low = np.array([INPUT_RANGES[n][0] for n in MODEL_INPUTS])
+        high = np.array([INPUT_RANGES[n][1] for n in MODEL_INPUTS])
+        probes = derive_feature_matrix((low + rows * (high - low)).astype(np.float32))
+        predict_small = DensePredictor.for_booster(single, len(CLASSES), probes)
+        predict_large = DensePredictor.for_booster(bundle.booster, len(CLASSES), probes)
         return LoadedModel(
             name=meta.get("name", self.config.model_name), version=str(meta["version"]),
             alias=meta.get("alias", self.config.model_alias), run_id=meta.get("run_id", ""),
             bundle=bundle, loaded_at=time.time(), source=source,
             training_window=(window[0] or "", window[1] or ""), metrics=metrics,
-            single_threaded=single, parallel_batch_min=self.config.parallel_batch_min,
+            predict_small=predict_small, predict_large=predict_large,
+            parallel_batch_min=self.config.parallel_batch_min,
         )
 
     def _swap(self, model: LoadedModel) -> None:

@@ -19,6 +19,9 @@ _LOW = np.array([INPUT_RANGES[name][0] for name in MODEL_INPUTS], dtype=np.float
 _HIGH = np.array([INPUT_RANGES[name][1] for name in MODEL_INPUTS], dtype=np.float64)
 _GET_INPUTS = attrgetter(*MODEL_INPUTS)
 N_INPUTS = len(MODEL_INPUTS)
+_BOUNDS = tuple(zip(_LOW.tolist(), _HIGH.tolist()))
+# Up to this many objects, plain Python comparisons beat numpy's per-call cost.
+_SCALAR_CHECK_MAX = 8
 
 # A colour column of a v2 feature tensor may differ from the server's own
 # difference of its two bands by this much (magnitudes): float32 rounding when a
@@ -41,6 +44,10 @@ def objects_to_inputs(objects: Sequence, max_batch: int, what: str = "batch") ->
     """stellar.v1 SdssObject messages -> float32 [n, 6] model inputs (MODEL_INPUTS order)."""
     n = len(objects)
     check_count(n, max_batch, what)
+    if n <= _SCALAR_CHECK_MAX:
+        rows = _plainly_valid_rows(objects)
+        if rows is not None:
+            return np.array(rows, dtype=np.float32)
     values = np.array(list(map(_GET_INPUTS, objects)), dtype=np.float64).reshape(n, N_INPUTS)
     # Unset optional fields read as 0.0: only rows holding a 0.0 need the
     # (slower) presence check; 0.0 is out of range for magnitudes anyway.
@@ -52,6 +59,23 @@ def objects_to_inputs(objects: Sequence, max_batch: int, what: str = "batch") ->
     where = f"{what}, " if what.startswith("stream message") else ""
     _raise_first_problem(values, missing, lambda k: where + _object_label(objects, k))
     return values.astype(np.float32)
+
+
+def _plainly_valid_rows(objects: Sequence) -> list[tuple[float, ...]] | None:
+    """The objects' inputs if every value is inside its range and none is 0.0, else None.
+
+    The fast path for one-object calls. A 0.0 may be an unset field, NaN fails
+    every comparison, and anything else doubtful returns None: the vectorised
+    checks below then find and name the problem, so there is one set of messages.
+    """
+    rows = []
+    for obj in objects:
+        row = _GET_INPUTS(obj)
+        for value, (low, high) in zip(row, _BOUNDS):
+            if not low <= value <= high or value == 0.0:
+                return None
+        rows.append(row)
+    return rows
 
 
 def features_to_inputs(matrix: np.ndarray, max_batch: int) -> np.ndarray:
