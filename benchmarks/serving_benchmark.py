@@ -10,14 +10,20 @@ interleaved rounds (every path once per round, so all see the same machine):
   floor        in-process derive_feature_matrix + booster.inplace_predict
                (the booster as trained, all cores; and a single-threaded copy)
   grpc unary   Classify, one object per call, concurrency 1 and 16
+  health       grpc.health.v1 Check on the same server: the gRPC round trip with no model
   grpc batch   ClassifyBatch, 1000 objects per call
   grpc stream  ClassifyStream, 1000 objects per message
   v2           ModelInfer (tritonclient, raw contents), 1 and 1000 objects per call
   mlflow       REST /invocations, 1 object (concurrency 1 and 16) and 1000 per call
 
+A second prediction server, pinned to one CPU (--pinned-cpus; as `taskset` or
+compose's `cpuset` would pin it), answers the unary and batch paths again: on a
+machine it shares with its clients, the pinned server keeps its threads and the
+model's trees on one core.
+
 Prints p50 / p99 latency per call, throughput (objects/s, median over rounds)
-and ratios to the faster in-process floor of the same request size. Timings are
-printed, never asserted.
+and ratios to the faster in-process floor of the same request size, and the
+targets for each server. Timings are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -171,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-calls", type=int, default=300, help="one-object calls per path and round")
     parser.add_argument("--mlflow-single-calls", type=int, default=60, help="the same for the slow REST server")
     parser.add_argument("--batches", type=int, default=4, help=f"{BATCH}-object calls per path and round")
+    parser.add_argument("--pinned-cpus", default=str((os.cpu_count() or 1) - 1),
+                        help="CPUs for the second, pinned server, e.g. 1 or 2,3 ('none': no pinned server)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "serving.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import grpc
     import requests
     import tritonclient.grpc as triton
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from stellar_core.contract import CLASSES, MODEL_INPUTS
     from stellar_core.features import FEATURE_NAMES, build_features, derive_feature_matrix
@@ -218,6 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(subprocess.Popen([sys.executable, "-m", "stellar_serving", "serve"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"),
                                       start_new_session=True))
+        pinned_cpus = sorted({int(c) for c in args.pinned_cpus.split(",")}) if args.pinned_cpus != "none" else []
+        pinned_port = free_port()
+        if pinned_cpus:
+            # The affinity is set before the server starts a thread, as taskset would set it.
+            launch = (f"import os, runpy, sys; os.sched_setaffinity(0, {set(pinned_cpus)!r}); "
+                      "sys.argv = ['stellar_serving', 'serve']; runpy.run_module('stellar_serving', run_name='__main__')")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", launch],
+                env={**env, "STELLAR_GRPC_PORT": str(pinned_port), "STELLAR_METRICS_PORT": "-1",
+                     "STELLAR_MODEL_CACHE_DIR": str(work / "cache-pinned")},
+                stdout=subprocess.DEVNULL, stderr=open(work / "server-pinned.log", "w"), start_new_session=True))
         procs.append(subprocess.Popen(
             [str(Path(env_bin) / "mlflow"), "models", "serve", "-m", "models:/stellar-classifier@champion",
              "--env-manager", "local", "--host", "127.0.0.1", "-p", str(rest_port), "--workers", "1"],
@@ -227,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{rest_port}"
         stub = pb_grpc.ClassifierStub(grpc.insecure_channel(target))
         wait_until(lambda: stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=1).version, "the gRPC server")
+        pinned_stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{pinned_port}"))
+        if pinned_cpus:
+            wait_until(lambda: pinned_stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=1).version,
+                       "the pinned gRPC server")
+        health_stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+        health_check = health_pb2.HealthCheckRequest(service="")
         wait_until(lambda: urllib.request.urlopen(f"{base}/ping", timeout=2).status == 200, "mlflow models serve")
 
         # -- the floor: the same model files, in this process ---------------------------------
@@ -262,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rest_call = rest_call_with(session)
         grpc_c16 = [pb_grpc.ClassifierStub(grpc.insecure_channel(target)).Classify for _ in range(16)]
+        pinned_c16 = [pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{pinned_port}")).Classify
+                      for _ in range(16 if pinned_cpus else 0)]
         rest_c16 = [rest_call_with(requests.Session()) for _ in range(16)]
         classify_requests = [pb.ClassifyRequest(object=o) for o in objects]
         starts = {0} | {k for r in range(R + 1) for k in batch_slice(r)}  # rounds 0..R-1, plus warm-up
@@ -296,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             Path_("grpc Classify, concurrency 16", "single",
                   lambda r: conc([(lambda c: (lambda q: c(q, timeout=10)))(c) for c in grpc_c16],
                                  [classify_requests[k] for k in single_slice(r, S)], 1)),
+            Path_("grpc Health.Check, concurrency 1", "single",
+                  lambda r: seq(lambda q: health_stub.Check(health_check, timeout=10), list(single_slice(r, S)), 1)),
             Path_("v2 ModelInfer, 1 object", "single",
                   lambda r: seq(v2_call, [feats[k:k + 1] for k in single_slice(r, S)], 1)),
             Path_("mlflow REST, 1 object", "single",
@@ -310,6 +340,16 @@ def main(argv: list[str] | None = None) -> int:
                   lambda r: seq(lambda q: stub.ClassifyBatch(q, timeout=60),
                                 [batch_requests[k] for k in batch_slice(r)], BATCH)),
             Path_(f"grpc ClassifyStream, {BATCH}/message", "batch", stream_round),
+            *([Path_("pinned: grpc Classify, concurrency 1", "single",
+                     lambda r: seq(lambda q: pinned_stub.Classify(q, timeout=10),
+                                   [classify_requests[k] for k in single_slice(r, S)], 1)),
+               Path_("pinned: grpc Classify, concurrency 16", "single",
+                     lambda r: conc([(lambda c: (lambda q: c(q, timeout=10)))(c) for c in pinned_c16],
+                                    [classify_requests[k] for k in single_slice(r, S)], 1)),
+               Path_(f"pinned: grpc ClassifyBatch, {BATCH}/call", "batch",
+                     lambda r: seq(lambda q: pinned_stub.ClassifyBatch(q, timeout=60),
+                                   [batch_requests[k] for k in batch_slice(r)], BATCH))]
+              if pinned_cpus else []),
             Path_(f"v2 ModelInfer, {BATCH}/call", "batch",
                   lambda r: seq(v2_call, [feats[k:k + BATCH] for k in batch_slice(r)], BATCH)),
             Path_(f"mlflow REST, {BATCH}/call", "batch",
@@ -321,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         assert np.array_equal(np.array([[x.probabilities[c] for c in CLASSES] for x in got.results], np.float32),
                               expected[:BATCH]), "stellar.v1 answers differ from the in-process floor"
         assert np.array_equal(v2_call(feats[:BATCH]).as_numpy("output__0"), expected[:BATCH])
+        if pinned_cpus:
+            got = pinned_stub.ClassifyBatch(batch_requests[0], timeout=60)
+            assert np.array_equal(
+                np.array([[x.probabilities[c] for c in CLASSES] for x in got.results], np.float32),
+                expected[:BATCH]), "the pinned server's answers differ from the in-process floor"
         rest_answer = np.array(rest_call(rest_batch_bodies[0]).json()["predictions"], dtype=np.float32)
         mlflow_matches = bool(np.allclose(rest_answer, expected[:BATCH], atol=1e-6))
         for path in paths:
@@ -358,15 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         r["ratio_to_floor"] = r["throughput"] / reference["throughput"]
         print(f"{r['name']:40} {r['p50_ms']:9.3f} {r['p99_ms']:9.3f} {r['throughput']:11.0f} "
               f"{r['ratio_to_floor']:9.2f}")
-    unary, unary16 = by["grpc Classify, concurrency 1"], by["grpc Classify, concurrency 16"]
     rest1, rest16 = by["mlflow REST, 1 object"], by["mlflow REST, 1 object, concurrency 16"]
-    batch, stream = by[f"grpc ClassifyBatch, {BATCH}/call"], by[f"grpc ClassifyStream, {BATCH}/message"]
     print("\nratios:")
-    print(f"  grpc unary c1  / mlflow REST c1   : {unary['throughput'] / rest1['throughput']:.1f}x")
-    print(f"  grpc unary c16 / mlflow REST c16  : {unary16['throughput'] / rest16['throughput']:.1f}x")
-    print(f"  grpc batch / floor batch          : {batch['ratio_to_floor']:.2f}")
-    print(f"  grpc stream / floor batch         : {stream['ratio_to_floor']:.2f}")
-    print(f"  v2 batch / floor batch            : {by[f'v2 ModelInfer, {BATCH}/call']['ratio_to_floor']:.2f}")
+    print(f"  health check c1 p50 (gRPC round trip, no model): {by['grpc Health.Check, concurrency 1']['p50_ms']:.3f} ms")
+    print(f"  v2 batch / floor batch          : {by[f'v2 ModelInfer, {BATCH}/call']['ratio_to_floor']:.2f}")
     print(f"  mlflow REST answers match the floor (1e-6): {mlflow_matches}")
     buckets = {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
                for line in metrics_text.splitlines() if line.startswith("stellar_booster_call_rows_bucket")}
@@ -374,17 +414,32 @@ def main(argv: list[str] | None = None) -> int:
     few = buckets.get("50.0", 0.0) - one
     print(f"  server booster calls (whole run): {one:.0f} with 1 row, {few:.0f} with 2-50 rows "
           "(concurrent one-object calls predicted together)")
-    checks = {
-        "unary p50 <= 1 ms (concurrency 1)": unary["p50_ms"] <= 1.0,
-        "unary p99 <= 3 ms (concurrency 1)": unary["p99_ms"] <= 3.0,
-        "batch >= 0.5 x floor": batch["ratio_to_floor"] >= 0.5,
-        "stream >= 0.5 x floor": stream["ratio_to_floor"] >= 0.5,
-        "single-object >= 10 x mlflow REST (concurrency 1)": unary["throughput"] >= 10 * rest1["throughput"],
-        "single-object >= 10 x mlflow REST (concurrency 16)": unary16["throughput"] >= 10 * rest16["throughput"],
-    }
-    print("\ntargets:")
-    for name, ok in checks.items():
-        print(f"  [{'met' if ok else 'MISSED'}] {name}")
+    servers = {"server on all CPUs": ""}
+    if pinned_cpus:
+        servers[f"server pinned to CPU {','.join(map(str, pinned_cpus))}"] = "pinned: "
+    checks: dict[str, dict[str, bool]] = {}
+    for server_name, prefix in servers.items():
+        unary, unary16 = by[f"{prefix}grpc Classify, concurrency 1"], by[f"{prefix}grpc Classify, concurrency 16"]
+        batch = by[f"{prefix}grpc ClassifyBatch, {BATCH}/call"]
+        print(f"\n{server_name}:")
+        print(f"  grpc unary c1  / mlflow REST c1   : {unary['throughput'] / rest1['throughput']:.1f}x")
+        print(f"  grpc unary c16 / mlflow REST c16  : {unary16['throughput'] / rest16['throughput']:.1f}x")
+        print(f"  grpc batch / floor batch          : {batch['ratio_to_floor']:.2f}")
+        checks[server_name] = {
+            "unary p50 <= 1 ms (concurrency 1)": unary["p50_ms"] <= 1.0,
+            "unary p99 <= 3 ms (concurrency 1)": unary["p99_ms"] <= 3.0,
+            "batch >= 0.5 x floor": batch["ratio_to_floor"] >= 0.5,
+            "single-object >= 10 x mlflow REST (concurrency 1)": unary["throughput"] >= 10 * rest1["throughput"],
+            "single-object >= 10 x mlflow REST (concurrency 16)": unary16["throughput"] >= 10 * rest16["throughput"],
+        }
+        if not prefix:
+            stream = by[f"grpc ClassifyStream, {BATCH}/message"]
+            print(f"  grpc stream / floor batch         : {stream['ratio_to_floor']:.2f}")
+            checks[server_name]["stream >= 0.5 x floor"] = stream["ratio_to_floor"] >= 0.5
+    for server_name, server_checks in checks.items():
+        print(f"\ntargets, {server_name}:")
+        for name, ok in server_checks.items():
+            print(f"  [{'met' if ok else 'MISSED'}] {name}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"objects": n, "model_rounds": args.model_rounds, "cpus": os.cpu_count(),
