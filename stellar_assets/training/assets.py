@@ -242,8 +242,6 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
             })
             mlflow.log_params({**params.as_dict(), "train_rows": len(train), "test_rows": len(test),
                                "window_first_week": window_first, "window_last_week": week})
-            mlflow.log_metrics({**evaluation.metrics(), **{f"latency_{k}": v for k, v in latency.items()},
-                                "train_seconds": train_seconds})
             log_evaluation_artifacts(evaluation, probabilities, test, importance, train)
             card = {
                 "name": model_registry.model_name,
@@ -253,7 +251,10 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
                 "params": params.as_dict(),
                 "lineage": {"dagster_run_id": context.run_id, "dagster_partition": week, "mlflow_run_id": run_id},
             }
-            log_model_and_bundle(booster, train, card)
+            model_id = log_model_and_bundle(booster, train, card)
+            # After the model, with its id: logged once, and linked to it (see log_model_and_bundle).
+            mlflow.log_metrics({**evaluation.metrics(), **{f"latency_{k}": v for k, v in latency.items()},
+                                "train_seconds": train_seconds}, model_id=model_id)
             # The fluent API registers through the process-wide registry URI, which other code in
             # the same process may have pointed elsewhere: make it this resource's registry.
             mlflow.set_registry_uri(model_registry.tracking_uri)

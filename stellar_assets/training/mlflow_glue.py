@@ -132,20 +132,25 @@ def log_evaluation_artifacts(evaluation: Evaluation, probabilities: np.ndarray, 
     mlflow.log_text("\n".join(sorted(train["object_id"].astype(str))), TRAINING_IDS_ARTIFACT)
 
 
-def log_model_and_bundle(booster: xgb.Booster, train: pd.DataFrame, card: dict) -> None:
-    """MLflow's xgboost flavour under `model/` and the pickle-free serving bundle under `serving/`."""
+def log_model_and_bundle(booster: xgb.Booster, train: pd.DataFrame, card: dict) -> str:
+    """MLflow's xgboost flavour under `model/` and the pickle-free serving bundle under `serving/`.
+
+    Returns the logged model's id. Log the run's metrics after this call, with that id: MLflow 3
+    links metrics logged before a model to it by logging them again, which a PostgreSQL store
+    refuses as duplicate keys (and the link is then lost)."""
     example = pd.DataFrame(feature_matrix(train.head(5)), columns=list(FEATURE_NAMES)).astype(np.float32)
     probabilities = booster.inplace_predict(example.to_numpy())
     output = pd.DataFrame(np.asarray(probabilities).reshape(-1, len(CLASSES)), columns=list(CLASSES))
     signature = infer_signature(example, output)
     # Explicit requirements: MLflow's inference imports half the environment (seconds per model).
     requirements = [f"xgboost=={xgb.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
-    mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
-                             model_format="ubj", pip_requirements=requirements)
+    info = mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
+                                    model_format="ubj", pip_requirements=requirements)
     bundle = ModelBundle(booster=booster, contract=_contract(), card=card)
     with tempfile.TemporaryDirectory(prefix="stellar-bundle-") as tmp:
         bundle.save(Path(tmp) / SERVING_ARTIFACT_DIR)
         mlflow.log_artifacts(str(Path(tmp) / SERVING_ARTIFACT_DIR), SERVING_ARTIFACT_DIR)
+    return info.model_id
 
 
 def _contract() -> dict:

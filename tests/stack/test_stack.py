@@ -148,6 +148,17 @@ def test_training_registers_a_champion_in_the_mlflow_server(stack, api, state):
                           (MODEL,)) == [("champion", int(champion.version))]
     artifacts = stack.s3().list_objects_v2(Bucket=DOTENV["MLFLOW_ARTIFACT_BUCKET"]).get("KeyCount", 0)
     assert artifacts > 0, "no model artifacts in the MLflow bucket"
+    # The challenger's metrics reach PostgreSQL once, linked to its logged model: metrics
+    # logged before the model made MLflow insert them a second time, which PostgreSQL refused.
+    refused = [line for line in stack.pg.log.read_text(errors="replace").splitlines()
+               if "duplicate key value violates unique constraint" in line]
+    assert refused == [], refused[:3]
+    experiment = client.get_run(champion.run_id).info.experiment_id
+    models = client.search_logged_models(experiment_ids=[experiment],
+                                         filter_string=f"source_run_id = '{champion.run_id}'")
+    assert len(models) == 1, models
+    linked = {m.key for m in models[0].metrics}
+    assert {"accuracy", "macro_f1", "train_seconds"} <= linked, linked
     state["champion"] = champion.version
 
 

@@ -160,3 +160,22 @@ def test_invalid_gate_configuration_is_named(store, model_name):
     assert "recall_floors names unknown classes ['PLANET']" in failure.step_failure_data.error.message + str(
         failure.step_failure_data.user_failure_data)
     assert get_alias_version(_client(store), model_name) is None
+
+
+def test_challenger_metrics_are_logged_once_and_linked_to_its_logged_model(store, model_name):
+    """Metrics are logged after the model, with its id (MLflow 3 would otherwise log them a
+    second time to link them, which PostgreSQL refuses; tests/stack checks that side)."""
+    result = store.train(model_name, EARLY_WEEK, WEAK)
+    assert result.success
+    challenger = metadata_of(result, "challenger_model")
+    client = _client(store)
+    run = client.get_run(challenger["mlflow_run_id"])
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert len(models) == 1
+    linked = {m.key: m for m in models[0].metrics}
+    for key in ("accuracy", "macro_f1", "recall_QSO", "latency_single_row_ms_p95", "train_seconds"):
+        assert key in linked, sorted(linked)
+        assert linked[key].run_id == challenger["mlflow_run_id"]
+        assert len(client.get_metric_history(challenger["mlflow_run_id"], key)) == 1, key
+    assert linked["accuracy"].value == challenger["accuracy"]
