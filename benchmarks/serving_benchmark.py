@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 
-# The server sets this before loading xgboost (see stellar_serving/__init__.py);
+# The server sets this before loading xgboost (see stellar_serving/server.py);
 # the in-process floor gets the same, or it would be slowed by spinning OpenMP threads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from stellar_core.contract import CLASSES, MODEL_INPUTS
     from stellar_core.features import FEATURE_NAMES, build_features, derive_feature_matrix
+    from stellar_core.model_bundle import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
     from stellar_core.registry import get_alias_version, load_bundle
     from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
     from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                      "STELLAR_MODEL_CACHE_DIR": str(work / "cache-pinned")},
                 stdout=subprocess.DEVNULL, stderr=open(work / "server-pinned.log", "w"), start_new_session=True))
         procs.append(subprocess.Popen(
-            [str(Path(env_bin) / "mlflow"), "models", "serve", "-m", "models:/stellar-classifier@champion",
+            [str(Path(env_bin) / "mlflow"), "models", "serve", "-m", f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}",
              "--env-manager", "local", "--host", "127.0.0.1", "-p", str(rest_port), "--workers", "1"],
             env={**env, "PATH": env_bin + os.pathsep + os.environ.get("PATH", "")},
             stdout=open(work / "mlflow-serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- the floor: the same model files, in this process ---------------------------------
         mlflow_client = MlflowClient(uri, registry_uri=uri)
-        bundle = load_bundle(mlflow_client, get_alias_version(mlflow_client, "stellar-classifier"),
+        bundle = load_bundle(mlflow_client, get_alias_version(mlflow_client, DEFAULT_MODEL_NAME),
                              work / "floor-model")
         single = bundle.booster.copy()
         single.set_param({"nthread": 1})
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         def v2_call(rows: np.ndarray):
             t = triton.InferInput("input__0", list(rows.shape), "FP32")
             t.set_data_from_numpy(rows)
-            return tclient.infer("stellar-classifier", [t])
+            return tclient.infer(DEFAULT_MODEL_NAME, [t])
 
         session = requests.Session()
 

@@ -11,9 +11,8 @@ from collections import Counter
 
 from stellar_core.home import configure_environment, default_sdss_csv
 
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# `stellar ingest` shows Dagster's INFO lines (the replay keeps to WARNING).
+INGEST_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def say(message: str = "") -> None:
@@ -29,6 +28,7 @@ def run_ingestion(first_week: str | None = None, last_week: str | None = None) -
 
     from stellar_assets.definitions import defs
     from stellar_assets.partitions import observation_weeks
+    from stellar_assets.replay import RANGE_END_TAG, RANGE_START_TAG
     from stellar_core.home import project_home
 
     instance = dg.DagsterInstance.get()
@@ -46,7 +46,7 @@ def run_ingestion(first_week: str | None = None, last_week: str | None = None) -
         f"({first} .. {last}) as ONE run (single-run backfill policy)")
     started = time.perf_counter()
     result = defs.resolve_job_def("ingestion_job").execute_in_process(
-        instance=instance, run_config=QUIET_LOGS, raise_on_error=False,
+        instance=instance, run_config=INGEST_LOGS, raise_on_error=False,
         tags={RANGE_START_TAG: first, RANGE_END_TAG: last, "stellar/step": "ingestion"},
     )
     elapsed = time.perf_counter() - started
@@ -120,8 +120,6 @@ def _serve_and_classify(n_objects: int = 6) -> int:
     import socket
     import subprocess
     import sys
-
-    import pandas as pd
 
     from stellar_core.contract import CLASSES, MODEL_INPUTS
     from stellar_core.home import data_dir, mlflow_tracking_uri, project_home

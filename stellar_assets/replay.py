@@ -28,6 +28,7 @@ import dagster as dg
 import pandas as pd
 
 from stellar_assets.monitoring.sensors import (
+    FLAGS_TAG,
     REASON_TAG,
     RETRAIN_WEEK_TAG,
     RUN_KEY_TAG,
@@ -104,7 +105,7 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
     """Replay [first_week, last_week]; returns the per-week timeline (see module docstring)."""
 
     from stellar_assets.partitions import observation_weeks
-    from stellar_assets.training import window_weeks_from_env
+    from stellar_assets.training import DEFAULT_WINDOW_WEEKS, window_weeks_from_env
     from stellar_core.registry import champion_as_of
 
     keys = observation_weeks.get_partition_keys()
@@ -117,7 +118,7 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
     if first_week == keys[0]:
         raise ReplayError(f"first_week {first_week} is the first observation week: an initial champion needs "
                           "earlier weeks to train on")
-    window = training_window_weeks if training_window_weeks is not None else (window_weeks_from_env() or 104)
+    window = training_window_weeks if training_window_weeks is not None else (window_weeks_from_env() or DEFAULT_WINDOW_WEEKS)
     initial_week = _shift(first_week, -1)
     history_start = max(keys[0], _shift(initial_week, -(window - 1)))
     log = ReplayLog()
@@ -190,11 +191,11 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
             week = request.partition_key
             tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: sensor.name}
             result = execute("train_and_promote", tags, partition_key=week, run_config=train_config,
-                             what=f"retrain at {week} ({request.tags.get('stellar/drift_flags')})")
+                             what=f"retrain at {week} ({request.tags.get(FLAGS_TAG)})")
             champion = _materializations(result).get(("champion_model", week), {})
             decision = champion.get("decision") or ("blocked by the gate" if not result.success else "no decision")
             log.retrainings[week] = {"run_id": result.run_id, "decision": decision,
-                                     "reason": request.tags.get("stellar/retrain_reason"),
+                                     "reason": request.tags.get(REASON_TAG),
                                      "summary": champion.get("summary") or (
                                          _failure_text(result) if not result.success else "")}
             say(f"    retraining at {week}: {decision}: {log.retrainings[week]['summary'][:140]}")

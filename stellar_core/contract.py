@@ -48,6 +48,10 @@ INPUT_RANGES: dict[str, tuple[float, float]] = {
     "redshift": REDSHIFT_RANGE,
 }
 
+# The registered model and the alias production serves (MLflow registry names).
+DEFAULT_MODEL_NAME = "stellar-classifier"
+CHAMPION_ALIAS = "champion"
+
 CONTRACT_VERSION = 1
 
 

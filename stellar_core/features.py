@@ -34,8 +34,6 @@ FEATURE_NAMES: tuple[str, ...] = MODEL_INPUTS + tuple(f"{a}_{b}" for a, b in COL
 _INPUT_INDEX = {name: k for k, name in enumerate(MODEL_INPUTS)}
 _COLOUR_INDEX = np.array([[_INPUT_INDEX[a], _INPUT_INDEX[b]] for a, b in COLOURS])
 
-# Columns of the feature table besides the features themselves.
-KEY_COLUMNS: tuple[str, ...] = ("object_id", "week", "mjd")
 LABEL = "label"
 
 

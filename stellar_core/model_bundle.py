@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from stellar_core.contract import CLASSES, MODEL_INPUTS, serving_contract
+from stellar_core.contract import CHAMPION_ALIAS, CLASSES, DEFAULT_MODEL_NAME, MODEL_INPUTS, serving_contract  # noqa: F401 (re-exported)
 from stellar_core.features import FEATURE_NAMES, derive_feature_matrix
 
 SERVING_ARTIFACT_DIR = "serving"
@@ -28,8 +28,6 @@ BOOSTER_FILE = "model.ubj"
 CONTRACT_FILE = "contract.json"
 CARD_FILE = "model_card.json"
 
-DEFAULT_MODEL_NAME = "stellar-classifier"
-CHAMPION_ALIAS = "champion"
 
 # Model version tags that let anyone find "the champion as of week W".
 TAG_WINDOW_FIRST = "training_window_first_week"

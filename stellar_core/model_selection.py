@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +208,3 @@ def read_defaults(path: str | Path) -> dict | None:
         raise TrainingInputError(f"model-selection defaults {path} are unreadable ({exc}); delete or re-create them") from exc
     XGBoostParams.from_layers(params)  # validate early, naming the file
     return dict(params)
-
-
-def result_as_dict(result: CVResult) -> dict:
-    return asdict(result)

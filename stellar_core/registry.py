@@ -23,7 +23,6 @@ from mlflow.tracking import MlflowClient
 from stellar_core.model_bundle import (
     CHAMPION_ALIAS,
     SERVING_ARTIFACT_DIR,
-    TAG_WINDOW_FIRST,
     TAG_WINDOW_LAST,
     ModelBundle,
 )
@@ -66,11 +65,6 @@ def champion_as_of(client: MlflowClient, model_name: str, week: str) -> ModelVer
         if best is None or (promoted_at, int(version.version)) > (best.tags[TAG_PROMOTED_AT], int(best.version)):
             best = version
     return best
-
-
-def training_window(version: ModelVersion) -> tuple[str | None, str | None]:
-    tags = version.tags or {}
-    return tags.get(TAG_WINDOW_FIRST), tags.get(TAG_WINDOW_LAST)
 
 
 def download_bundle(client: MlflowClient, version: ModelVersion, destination: str | Path | None = None) -> Path:

@@ -72,8 +72,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DAGSTER_COMPUTE_LOG_DIR", (INSTANCE,), None, "step stdout/stderr, shared by run workers and webserver"),
 )
 
-BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
-
 
 def names(reader: str | None = None) -> set[str]:
     """Variable names, all of them or those one reader reads."""

@@ -229,10 +229,6 @@ class Evaluation:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "Evaluation":
-        return cls(**data)
-
 
 def evaluate(probabilities: np.ndarray, labels: np.ndarray) -> Evaluation:
     """Scores of class probabilities against true label indices (CLASSES order)."""

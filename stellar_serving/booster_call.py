@@ -17,6 +17,7 @@ function or the answers differ, it returns plain `inplace_predict`.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 from typing import Callable
@@ -35,6 +36,7 @@ class BoosterCallError(RuntimeError):
     """XGBoost refused a prediction; the message is XGBoost's."""
 
 
+@functools.cache
 def _library() -> ctypes.CDLL:
     import xgboost  # noqa: F401  (loads libxgboost and its OpenMP runtime first)
     from xgboost.libpath import find_lib_path
@@ -54,10 +56,10 @@ def _library() -> ctypes.CDLL:
 class DensePredictor:
     """`booster.inplace_predict(x)` for C-contiguous float32 [n, n_features] x, without the wrapper."""
 
-    def __init__(self, booster, n_features: int, n_outputs: int, lib: ctypes.CDLL | None = None) -> None:
+    def __init__(self, booster, n_features: int, n_outputs: int) -> None:
         self._booster = booster  # holds the handle alive as long as this object
         self._handle = booster.handle
-        self._lib = lib or _library()
+        self._lib = _library()
         self._call = self._lib.XGBoosterPredictFromDense
         self.n_features = n_features
         self.n_outputs = n_outputs

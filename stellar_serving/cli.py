@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from collections import Counter
 
@@ -68,9 +67,6 @@ def serve_main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args) -> int:
-    # Before anything loads xgboost (config does, through stellar_core.model_bundle):
-    # see the note at the top of server.py.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from stellar_serving.config import ServingConfig
     from stellar_serving.server import serve_forever
 

@@ -8,11 +8,11 @@ against it). Nothing else in stellar_serving reads os.environ for settings.
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from stellar_core.model_bundle import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+from stellar_core.contract import CHAMPION_ALIAS, DEFAULT_MODEL_NAME  # no xgboost: see server.py's first lines
 
 AUTH_SCOPES = ("all", "admin")
 
@@ -83,9 +83,6 @@ class ServingConfig:
             for f in fields(cls)
         }
 
-    def with_(self, **changes) -> "ServingConfig":
-        return replace(self, **changes)
-
     @property
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert or self.tls_key)
@@ -117,8 +114,6 @@ class ServingConfig:
 def _parse(f, raw: str):
     kind = type(f.default)
     try:
-        if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
         if kind is int:
             return int(raw)
         if kind is float:

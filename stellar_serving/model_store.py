@@ -76,7 +76,7 @@ class LoadedModel:
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return tuple(self.bundle.contract.get("classes", CLASSES))
+        return CLASSES  # ModelBundle.load refuses a contract with other classes
 
     @property
     def contract(self) -> dict:
@@ -85,9 +85,7 @@ class LoadedModel:
     def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] raw inputs -> float32 [n, 3]: derive_feature_matrix, then the booster."""
         predict = self.predict_small if len(inputs) < self.parallel_batch_min else self.predict_large
-        if predict is None:
-            return self.bundle.predict_proba_inputs(inputs)
-        return predict(derive_feature_matrix(inputs))
+        return (predict or self.bundle.predict_proba_features)(derive_feature_matrix(inputs))
 
 
 @dataclass(frozen=True)
@@ -248,12 +246,16 @@ class ModelStore:
         except Exception as exc:
             self._count("failed")
             raise ModelRejected(f"version {meta.get('version')} cannot be served: {_short(exc)}") from exc
-        # Warm up (first prediction allocates) and prove it answers the right shape.
-        probe = np.array([[(INPUT_RANGES[n][0] + INPUT_RANGES[n][1]) / 2 if n != "redshift" else 0.1
-                           for n in MODEL_INPUTS]], dtype=np.float32)
-        proba = bundle.predict_proba_inputs(probe)
-        if proba.shape != (1, len(CLASSES)) or not np.all(np.isfinite(proba)):
-            raise ModelRejected(f"version {meta.get('version')} answered {proba!r} for a probe object")
+        # Probe objects spread over the input ranges: they warm the model up (the first
+        # prediction allocates), prove it answers the right shape, and hold the direct
+        # booster calls below to inplace_predict's exact answers.
+        rows = np.linspace(0.05, 0.95, 64, dtype=np.float64)[:, None]
+        low = np.array([INPUT_RANGES[n][0] for n in MODEL_INPUTS])
+        high = np.array([INPUT_RANGES[n][1] for n in MODEL_INPUTS])
+        probes = derive_feature_matrix((low + rows * (high - low)).astype(np.float32))
+        proba = bundle.predict_proba_features(probes)
+        if proba.shape != (len(probes), len(CLASSES)) or not np.all(np.isfinite(proba)):
+            raise ModelRejected(f"version {meta.get('version')} answered {proba!r} for probe objects")
         tags = meta.get("tags") or {}
         card = bundle.card or {}
         window = (
@@ -265,12 +267,6 @@ class ModelStore:
             bundle.booster.set_param({"nthread": self.config.predict_threads})
         single = bundle.booster.copy()
         single.set_param({"nthread": 1})
-        # Probe rows spread over the input ranges: the direct call must answer them
-        # exactly as inplace_predict does, or the server uses inplace_predict.
-        rows = np.linspace(0.05, 0.95, 64, dtype=np.float64)[:, None]
-        low = np.array([INPUT_RANGES[n][0] for n in MODEL_INPUTS])
-        high = np.array([INPUT_RANGES[n][1] for n in MODEL_INPUTS])
-        probes = derive_feature_matrix((low + rows * (high - low)).astype(np.float32))
         predict_small = DensePredictor.for_booster(single, len(CLASSES), probes)
         predict_large = DensePredictor.for_booster(bundle.booster, len(CLASSES), probes)
         return LoadedModel(

@@ -27,7 +27,7 @@ from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, NoChampion, RegistryUnavailable
-from stellar_serving.validation import InvalidInput, features_to_inputs, objects_to_inputs
+from stellar_serving.validation import COLOUR_TOLERANCE, InvalidInput, features_to_inputs, objects_to_inputs
 
 log = logging.getLogger("stellar_serving.servicers")
 
@@ -52,13 +52,28 @@ def _check_deadline(context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the model ran")
 
 
-class ClassifierServicer(pb_grpc.ClassifierServicer):
+class _Predicting:
+    """What both APIs share: the store, the settings, the metrics and ONE micro-batcher
+    (stellar.v1 and v2 calls are predicted together)."""
+
     def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
-                 batcher: MicroBatcher | None = None) -> None:
+                 batcher: MicroBatcher) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
-        self.batcher = batcher or MicroBatcher(config.micro_batch_max_rows)
+        self.batcher = batcher
+
+    def _predict(self, model: LoadedModel, inputs: np.ndarray, method: str) -> np.ndarray:
+        proba = self.batcher.predict(model, inputs)
+        self.metrics.batch_size.labels(method).observe(len(inputs))
+        self.metrics.objects.labels(method).inc(len(inputs))
+        return proba
+
+
+class ClassifierServicer(_Predicting, pb_grpc.ClassifierServicer):
+    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
+                 batcher: MicroBatcher) -> None:
+        super().__init__(store, config, metrics, batcher)
         self._stream_slots = threading.BoundedSemaphore(config.max_concurrent_streams)
 
     # -- classification -----------------------------------------------------------
@@ -69,9 +84,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         _check_deadline(context)
         model = _current(self.store, context)
-        proba = self.batcher.predict(model, inputs)
-        self.metrics.batch_size.labels(method).observe(len(objects))
-        self.metrics.objects.labels(method).inc(len(objects))
+        proba = self._predict(model, inputs, method)
         return _batch_response(objects, proba, model), model
 
     def Classify(self, request, context):
@@ -161,7 +174,7 @@ def _server_version() -> str:
         return "0"
 
 
-class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(_Predicting, v2_grpc.GRPCInferenceServiceServicer):
     """`stellar-classifier` as an Open Inference Protocol model, tensors named as Triton FIL names them.
 
     input__0  FP32 [-1, 13]: the booster's features in FEATURE_NAMES order (the
@@ -172,11 +185,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     """
 
     def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
-                 batcher: MicroBatcher | None = None) -> None:
-        self.store = store
-        self.config = config
-        self.metrics = metrics
-        self.batcher = batcher or MicroBatcher(config.micro_batch_max_rows)
+                 batcher: MicroBatcher) -> None:
+        super().__init__(store, config, metrics, batcher)
         self.version = _server_version()
 
     def ServerLive(self, request, context):
@@ -222,7 +232,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 f"{CLASS_TENSOR}.labels": ",".join(f"{k}={c}" for k, c in enumerate(model.classes)),
                 "raw_inputs": ",".join(MODEL_INPUTS),
                 "input_ranges": json.dumps(model.contract.get("input_ranges", {})),
-                "colour_tolerance": "0.001",
+                "colour_tolerance": str(COLOUR_TOLERANCE),
                 "max_batch_size": str(self.config.max_batch_size),
                 "training_window": f"{model.training_window[0]}..{model.training_window[1]}",
                 "alias": model.alias,
@@ -243,10 +253,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         _check_deadline(context)
         model = self._model_for(request.model_name, request.model_version, context)
-        proba = self.batcher.predict(model, inputs)
+        proba = self._predict(model, inputs, "ModelInfer")
         n = len(inputs)
-        self.metrics.batch_size.labels("ModelInfer").observe(n)
-        self.metrics.objects.labels("ModelInfer").inc(n)
         response = v2.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for name in requested:
             if name == PROBA_TENSOR:

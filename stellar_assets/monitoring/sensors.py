@@ -19,7 +19,7 @@ import os
 import dagster as dg
 from dagster._core.storage.dagster_run import RunsFilter
 
-from stellar_core.drift import retraining_decision
+from stellar_core.drift import retraining_decision, retraining_run_key
 from stellar_assets.monitoring.resources import PredictionServer, ServerUnreachable
 from stellar_assets.training import train_and_promote_job
 
@@ -49,13 +49,6 @@ def cooldown_weeks_from_env() -> int:
 
 def _runs_with(instance: dg.DagsterInstance, tags: dict, limit: int | None = None):
     return instance.get_runs(filters=RunsFilter(job_name=RETRAIN_JOB, tags=tags), limit=limit)
-
-
-def last_retraining_week(instance: dg.DagsterInstance, up_to: str) -> str | None:
-    """The latest week (<= up_to) a drift-triggered retraining ran for."""
-    weeks = [run.tags.get(RETRAIN_WEEK_TAG) for run in _runs_with(instance, {TRIGGER_TAG: TRIGGER})]
-    weeks = [w for w in weeks if w and w <= up_to]
-    return max(weeks) if weeks else None
 
 
 def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSOR_NAME,
@@ -88,7 +81,7 @@ def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSO
                 continue
             failed = list(metadata.get("failed_checks") or [])
             last = max([w for w in planned if w <= week], default=None)
-            key = f"drift-retrain-{week}"
+            key = retraining_run_key(week)
             requested = bool(_runs_with(context.instance, {RUN_KEY_TAG: key}, limit=1)) or key in {
                 r.run_key for r in requests}
             decision = retraining_decision(week, metadata["status"], failed, last, cooldown, requested)

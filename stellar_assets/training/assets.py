@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stellar_core.contract import CLASSES
-from stellar_core.features import feature_matrix
+from stellar_core.features import LABEL, feature_matrix, label_indices
 from stellar_core.model_bundle import (
     TAG_DAGSTER_RUN,
     TAG_PARTITION,
@@ -36,7 +36,7 @@ from stellar_core.training import (
     TrainingInputError,
     XGBoostParams,
     class_mix,
-    evaluate_booster,
+    evaluate,
     feature_importance,
     floor_problems,
     latency_problems,
@@ -229,7 +229,7 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
             booster = train_booster(train, params)
             train_seconds = time.perf_counter() - started
             probabilities = predict_proba(booster, test)
-            evaluation = evaluate_booster(booster, test)
+            evaluation = evaluate(probabilities, label_indices(test[LABEL]))
             latency = measure_latency(booster, feature_matrix(test), config.latency_single_row_repeats)
             importance = feature_importance(booster)
 

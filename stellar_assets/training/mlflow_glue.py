@@ -26,7 +26,8 @@ from sklearn.metrics import auc, precision_recall_curve, roc_curve  # noqa: E402
 
 from stellar_core.contract import CLASSES  # noqa: E402
 from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix, label_indices  # noqa: E402
-from stellar_core.model_bundle import SERVING_ARTIFACT_DIR, ModelBundle  # noqa: E402
+from stellar_core.model_bundle import SERVING_ARTIFACT_DIR, ContractMismatch, ModelBundle, new_contract  # noqa: E402
+from stellar_core.registry import download_bundle  # noqa: E402
 from stellar_core.training import Evaluation, describe_training_data  # noqa: E402
 
 TRAINING_IDS_ARTIFACT = "training/object_ids.txt"
@@ -146,17 +147,11 @@ def log_model_and_bundle(booster: xgb.Booster, train: pd.DataFrame, card: dict) 
     requirements = [f"xgboost=={xgb.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
     info = mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
                                     model_format="ubj", pip_requirements=requirements)
-    bundle = ModelBundle(booster=booster, contract=_contract(), card=card)
+    bundle = ModelBundle(booster=booster, contract=new_contract(), card=card)
     with tempfile.TemporaryDirectory(prefix="stellar-bundle-") as tmp:
         bundle.save(Path(tmp) / SERVING_ARTIFACT_DIR)
         mlflow.log_artifacts(str(Path(tmp) / SERVING_ARTIFACT_DIR), SERVING_ARTIFACT_DIR)
     return info.model_id
-
-
-def _contract() -> dict:
-    from stellar_core.model_bundle import new_contract
-
-    return new_contract()
 
 
 def training_ids(client: MlflowClient, run_id: str) -> set[str] | None:
@@ -173,9 +168,6 @@ def training_ids(client: MlflowClient, run_id: str) -> set[str] | None:
 def contract_problems_of_version(client: MlflowClient, model_name: str, version) -> list[str]:
     """What the prediction server would object to in a registered version: its `serving/` bundle
     (inputs, feature order, dtype, classes, booster features) and its MLflow signature."""
-    from stellar_core.model_bundle import ContractMismatch
-    from stellar_core.registry import download_bundle
-
     with tempfile.TemporaryDirectory(prefix="stellar-contract-") as tmp:
         try:
             problems = ModelBundle.load(download_bundle(client, version, tmp)).contract_problems()

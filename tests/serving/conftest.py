@@ -32,10 +32,8 @@ from stellar_core.model_bundle import (
     new_contract,
 )
 
-# tests/serving/conftest.py -> the checkout is parents[2]; shared data sits beside it.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here: do not try to phone home
 
-SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sdss17_sample.csv.gz"
 
 # Two models whose probabilities differ for every object: the swap test tells
 # them apart by their answers, not only by the version they claim.
@@ -113,10 +111,8 @@ class Registry:
 
 
 @pytest.fixture(scope="session")
-def sample() -> pd.DataFrame:
-    if not SAMPLE.exists():
-        pytest.fail(f"shared SDSS sample missing: {SAMPLE}")
-    return pd.read_csv(SAMPLE)
+def sample(sdss_sample) -> pd.DataFrame:
+    return sdss_sample  # tests/conftest.py reads it once per session
 
 
 @pytest.fixture(scope="session")

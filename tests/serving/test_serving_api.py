@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import queue
-import threading
 import urllib.request
 
 import grpc

@@ -9,7 +9,6 @@ import time
 
 import grpc
 import numpy as np
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stellar_core.features import derive_feature_matrix
