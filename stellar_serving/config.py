@@ -8,6 +8,7 @@ against it). Nothing else in stellar_serving reads os.environ for settings.
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
@@ -15,6 +16,7 @@ from typing import Mapping
 from stellar_core.contract import CHAMPION_ALIAS, DEFAULT_MODEL_NAME  # no xgboost: see server.py's first lines
 
 AUTH_SCOPES = ("all", "admin")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _env(name: str, default, doc: str):
@@ -45,8 +47,20 @@ class ServingConfig:
         "STELLAR_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, "largest request/response message")
     max_batch_size: int = _env("STELLAR_MAX_BATCH_SIZE", 10_000, "most objects in one batch, stream message or tensor")
     max_concurrent_streams: int = _env(
-        "STELLAR_MAX_CONCURRENT_STREAMS", 16, "ClassifyStream calls open at once (server-wide)")
+        "STELLAR_MAX_CONCURRENT_STREAMS", 16,
+        "ClassifyStream calls open at once (server-wide; more get RESOURCE_EXHAUSTED)")
+    max_open_streams: int = _env(
+        "STELLAR_MAX_OPEN_STREAMS", 4,
+        "reflection and health Watch streams open at once (these need no token; more get RESOURCE_EXHAUSTED)")
+    stream_idle_seconds: float = _env(
+        "STELLAR_STREAM_IDLE_SECONDS", 60.0,
+        "a stream that receives and sends no message for this long is ended with DEADLINE_EXCEEDED")
     max_workers: int = _env("STELLAR_MAX_WORKERS", 16, "threads for unary calls (streams get their own on top)")
+    reload_timeout_seconds: float = _env(
+        "STELLAR_RELOAD_TIMEOUT_SECONDS", 60.0,
+        "longest a ReloadModel call without a deadline waits for the (shared) reload")
+    max_client_id_chars: int = _env(
+        "STELLAR_MAX_CLIENT_ID_CHARS", 256, "longest client_id accepted (longer: INVALID_ARGUMENT)")
     predict_threads: int = _env(
         "STELLAR_PREDICT_THREADS", 0, "booster threads for large batches (0: all cores)")
     parallel_batch_min: int = _env(
@@ -88,27 +102,75 @@ class ServingConfig:
         return bool(self.tls_cert or self.tls_key)
 
     def validate(self) -> None:
-        problems = []
-        if bool(self.tls_cert) != bool(self.tls_key):
-            problems.append("STELLAR_TLS_CERT and STELLAR_TLS_KEY must be set together")
-        for name in ("tls_cert", "tls_key"):
-            path = getattr(self, name)
-            if path and not Path(path).is_file():
-                problems.append(f"{self.env_vars_by_field()[name]}={path!r} is not a file")
-        if self.auth_scope not in AUTH_SCOPES:
-            problems.append(f"STELLAR_AUTH_SCOPE must be one of {AUTH_SCOPES}, got {self.auth_scope!r}")
-        if self.max_batch_size < 1:
-            problems.append("STELLAR_MAX_BATCH_SIZE must be at least 1")
-        if self.max_concurrent_streams < 1 or self.max_workers < 1:
-            problems.append("STELLAR_MAX_CONCURRENT_STREAMS and STELLAR_MAX_WORKERS must be at least 1")
-        if self.max_message_bytes < 1024:
-            problems.append("STELLAR_MAX_MESSAGE_BYTES must be at least 1024")
+        problems = [*self._range_problems(), *self._tls_problems(), *self._auth_problems()]
+        if self.log_level.upper() not in LOG_LEVELS:
+            problems.append(f"STELLAR_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if problems:
             raise ValueError("invalid serving configuration: " + "; ".join(problems))
+
+    def _range_problems(self) -> list[str]:
+        env = self.env_vars_by_field()
+        problems = []
+        for name, (low, high) in _LIMITS.items():
+            value = getattr(self, name)
+            if value != value or value < low:  # value != value: NaN
+                problems.append(f"{env[name]} must be at least {low}, got {value!r}")
+            elif high is not None and value > high:
+                problems.append(f"{env[name]} must be at most {high}, got {value!r}")
+        return problems
+
+    def _tls_problems(self) -> list[str]:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            return ["STELLAR_TLS_CERT and STELLAR_TLS_KEY must be set together"]
+        missing = [f"{self.env_vars_by_field()[name]}={getattr(self, name)!r} is not a file"
+                   for name in ("tls_cert", "tls_key") if getattr(self, name) and not Path(getattr(self, name)).is_file()]
+        if missing or not self.tls_enabled:
+            return missing
+        # Loaded now, not when the port binds: gRPC reports a bad file as "Failed to bind".
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert, self.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            return [f"STELLAR_TLS_CERT={self.tls_cert!r} and STELLAR_TLS_KEY={self.tls_key!r} are not a PEM "
+                    f"certificate chain and its private key: {exc}"]
+        return []
+
+    def _auth_problems(self) -> list[str]:
+        problems = []
+        if self.auth_scope not in AUTH_SCOPES:
+            problems.append(f"STELLAR_AUTH_SCOPE must be one of {AUTH_SCOPES}, got {self.auth_scope!r}")
+        token = self.auth_token
+        # gRPC metadata values are printable ASCII; a client can never send anything else.
+        if token and (not all(" " <= c <= "~" for c in token) or token != token.strip()):
+            problems.append("STELLAR_AUTH_TOKEN must be printable ASCII without surrounding spaces "
+                            "(a newline, tab or other control character can never match a client's token)")
+        return problems
 
     @classmethod
     def env_vars_by_field(cls) -> dict[str, str]:
         return {f.name: f.metadata["env"] for f in fields(cls)}
+
+
+# Field -> (lowest, highest or None) accepted value.
+_LIMITS = {
+    "grpc_port": (0, 65535),
+    "metrics_port": (-1, 65535),
+    "poll_seconds": (0, None),
+    "registry_timeout_seconds": (0.001, None),
+    "registry_max_retries": (0, None),
+    "max_message_bytes": (1024, 2**31 - 1),
+    "max_batch_size": (1, None),
+    "max_concurrent_streams": (1, None),
+    "max_open_streams": (1, None),
+    "stream_idle_seconds": (0.001, None),
+    "max_workers": (1, None),
+    "reload_timeout_seconds": (0.001, None),
+    "max_client_id_chars": (1, None),
+    "predict_threads": (0, None),
+    "parallel_batch_min": (1, None),
+    "micro_batch_max_rows": (0, None),
+    "max_concurrent_rpcs": (1, None),
+    "shutdown_grace_seconds": (0, None),
+}
 
 
 def _parse(f, raw: str):

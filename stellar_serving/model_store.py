@@ -8,8 +8,12 @@
   folder; `last_good.json` names it. When the registry is unreachable at
   start-up the server serves that copy; when it becomes unreachable later the
   server keeps what it has.
-- A background thread polls the alias; `refresh()` (ReloadModel) does the same
-  on demand. Refreshes are serialised by a lock.
+- Every model is probed with objects spread over the input ranges before it
+  is accepted: a finite (n, 3) probability matrix, rows summing to 1. A model
+  that fails is refused (ModelRejected names why) and the current one stays.
+- Reloads (the poller's and ReloadModel's) run on ONE reload thread:
+  `request_reload()` starts one or joins the one running, so a burst of
+  callers shares one registry round trip and never holds request threads.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,7 +55,11 @@ class NoChampion(RuntimeError):
 
 
 class ModelRejected(RuntimeError):
-    """The alias names a version this server cannot serve (bad contract, broken files)."""
+    """The alias names a version this server cannot serve (bad contract, broken files, wrong answers)."""
+
+
+# Probe rows sum to 1 within this (float32 softmax rounding is ~1e-7).
+PROBABILITY_SUM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,10 @@ class ModelStore:
         self.metrics = metrics
         self._current: LoadedModel | None = None
         self._refresh_lock = threading.Lock()
+        self._reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stellar-reload")
+        self._reload_lock = threading.Lock()
+        self._reload: Future | None = None
+        self._refused: tuple[str, str] | None = None  # (version, why): not downloaded again
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._listeners: list[Callable[[LoadedModel], None]] = []
@@ -125,7 +138,7 @@ class ModelStore:
         """Load the champion (or the cached last good model), then poll in the background."""
         try:
             self.refresh()
-        except (RegistryUnavailable, NoChampion, ModelRejected) as exc:
+        except Exception as exc:  # whatever went wrong, the cached last good model may serve
             log.warning("champion not loaded from the registry: %s", exc, extra={"event": "registry_fallback"})
             if self.load_from_cache() is None:
                 log.error("no cached model either: NOT_SERVING until a champion appears",
@@ -136,13 +149,26 @@ class ModelStore:
 
     def stop(self) -> None:
         self._stop.set()
+        self._reloader.shutdown(wait=False, cancel_futures=True)
         if self._poller is not None:
             self._poller.join(timeout=5)
+
+    def request_reload(self) -> Future:
+        """A Future of the ReloadOutcome: a new reload, or the one running (its outcome is shared)."""
+        with self._reload_lock:
+            if self._reload is None or self._reload.done():
+                self._reload = self._reloader.submit(self.refresh)
+            return self._reload
+
+    def serving_note(self) -> str:
+        """What a failed reload leaves in place, for messages."""
+        current = self._current
+        return f"still serving the previous model (version {current.version})" if current else "no model is loaded"
 
     def _poll(self) -> None:
         while not self._stop.wait(self.config.poll_seconds):
             try:
-                self.refresh()
+                self.request_reload().result()
             except Exception as exc:  # keep polling; the current model keeps serving
                 log.warning("alias poll failed, still serving %s: %s",
                             self._current.version if self._current else "nothing", exc,
@@ -174,6 +200,9 @@ class ModelStore:
                 self._count("failed")
                 raise NoChampion(f"registered model {self.config.model_name!r} has no alias "
                                  f"{self.config.model_alias!r}")
+            if self._refused is not None and self._refused[0] == str(version.version):
+                self._count("failed")
+                raise ModelRejected(self._refused[1])
             if previous is not None and previous.version == str(version.version) and previous.source == "registry":
                 self._count("unchanged")
                 return ReloadOutcome(previous, previous, False)
@@ -199,7 +228,13 @@ class ModelStore:
                     "run_id": version.run_id or "",
                     "tags": dict(version.tags or {}),
                 }
-                model = self._load(bundle_dir, meta, source="registry")
+                try:
+                    model = self._load(bundle_dir, meta, source="registry")
+                except ModelRejected as exc:
+                    self._refused = (str(version.version), str(exc))
+                    log.error("refused version %s: %s; %s", version.version, exc, self.serving_note(),
+                              extra={"event": "model_refused", "model_version": str(version.version)})
+                    raise
                 (Path(bundle_dir) / REGISTRY_FILE).write_text(json.dumps(meta, indent=2))
                 final = self.cache_root / f"v{version.version}"
                 if final.exists():
@@ -241,21 +276,21 @@ class ModelStore:
 
     # -- loading and swapping -------------------------------------------------------
     def _load(self, folder: Path, meta: dict, source: str) -> LoadedModel:
+        """The bundle in `folder` as a LoadedModel, or ModelRejected naming what is wrong."""
         try:
             bundle = ModelBundle.load(folder)  # checks the contract
+            return self._accept(bundle, meta, source)
         except Exception as exc:
             self._count("failed")
-            raise ModelRejected(f"version {meta.get('version')} cannot be served: {_short(exc)}") from exc
-        # Probe objects spread over the input ranges: they warm the model up (the first
-        # prediction allocates), prove it answers the right shape, and hold the direct
-        # booster calls below to inplace_predict's exact answers.
-        rows = np.linspace(0.05, 0.95, 64, dtype=np.float64)[:, None]
-        low = np.array([INPUT_RANGES[n][0] for n in MODEL_INPUTS])
-        high = np.array([INPUT_RANGES[n][1] for n in MODEL_INPUTS])
-        probes = derive_feature_matrix((low + rows * (high - low)).astype(np.float32))
-        proba = bundle.predict_proba_features(probes)
-        if proba.shape != (len(probes), len(CLASSES)) or not np.all(np.isfinite(proba)):
-            raise ModelRejected(f"version {meta.get('version')} answered {proba!r} for probe objects")
+            reason = str(exc) if isinstance(exc, ModelRejected) else f"{type(exc).__name__}: {_short(exc)}"
+            raise ModelRejected(f"version {meta.get('version')} cannot be served: {reason}") from exc
+
+    def _accept(self, bundle: ModelBundle, meta: dict, source: str) -> LoadedModel:
+        # Probe objects spread over the input ranges: they prove the model answers
+        # probabilities, warm it up (the first prediction allocates), and hold the
+        # direct booster calls below to inplace_predict's exact answers.
+        probes = _probe_features()
+        _check_probabilities(np.asarray(bundle.booster.inplace_predict(probes)), len(probes), "the booster")
         tags = meta.get("tags") or {}
         card = bundle.card or {}
         window = (
@@ -269,6 +304,8 @@ class ModelStore:
         single.set_param({"nthread": 1})
         predict_small = DensePredictor.for_booster(single, len(CLASSES), probes)
         predict_large = DensePredictor.for_booster(bundle.booster, len(CLASSES), probes)
+        _check_probabilities(predict_small(probes[:1]), 1, "the one-thread prediction")
+        _check_probabilities(predict_large(probes), len(probes), "the prediction")
         return LoadedModel(
             name=meta.get("name", self.config.model_name), version=str(meta["version"]),
             alias=meta.get("alias", self.config.model_alias), run_id=meta.get("run_id", ""),
@@ -292,6 +329,31 @@ class ModelStore:
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.reloads.labels(outcome).inc()
+
+
+def _probe_features() -> np.ndarray:
+    """64 objects spread over the input ranges, as float32 [64, 13] features."""
+    rows = np.linspace(0.05, 0.95, 64, dtype=np.float64)[:, None]
+    low = np.array([INPUT_RANGES[n][0] for n in MODEL_INPUTS])
+    high = np.array([INPUT_RANGES[n][1] for n in MODEL_INPUTS])
+    return derive_feature_matrix((low + rows * (high - low)).astype(np.float32))
+
+
+def _check_probabilities(proba: np.ndarray, n: int, what: str) -> None:
+    """ModelRejected unless `proba` is a finite [n, len(CLASSES)] matrix of probabilities summing to 1 per row."""
+    expected = (n, len(CLASSES))
+    if proba.shape != expected:
+        raise ModelRejected(f"{what} answered shape {list(proba.shape)} for {n} probe objects; a model must answer "
+                            f"{list(expected)}: one probability per class {list(CLASSES)} (objective multi:softprob)")
+    if not np.all(np.isfinite(proba)):
+        raise ModelRejected(f"{what} answered non-finite probabilities for probe objects")
+    if proba.min() < 0 or proba.max() > 1:
+        raise ModelRejected(f"{what} answered values outside [0, 1] ({proba.min():.6g}..{proba.max():.6g})")
+    sums = proba.sum(axis=1, dtype=np.float64)
+    worst = int(np.argmax(np.abs(sums - 1)))
+    if abs(sums[worst] - 1) > PROBABILITY_SUM_TOLERANCE:
+        raise ModelRejected(f"{what} answered probabilities summing to {sums[worst]:.6g} (not 1) "
+                            f"for probe object {worst}")
 
 
 def _replace_source(model: LoadedModel, source: str) -> LoadedModel:

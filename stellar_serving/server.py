@@ -54,24 +54,80 @@ SERVED_SERVICES = (CLASSIFIER_SERVICE, INFERENCE_SERVICE)
 # Generic tools must reach these without credentials.
 OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)
 ADMIN_METHODS = (f"/{CLASSIFIER_SERVICE}/ReloadModel",)
+RELOAD_CALL_THREADS = 2  # ReloadModel calls share one reload; more threads would only wait
 
 
 # -- interceptors ---------------------------------------------------------------------
 
 
+class _Undecodable:
+    """What a request deserializer gives for bytes that are not the method's message."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer):
+    """`deserializer` that returns _Undecodable instead of raising.
+
+    gRPC answers a deserializer's exception itself (INTERNAL), and on that path
+    the call never gives back its HTTP/2 stream: 256 bad requests froze the
+    server. Returning a value lets the handler answer INVALID_ARGUMENT the
+    ordinary way."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf raises DecodeError, but any failure is the request's fault
+            return _Undecodable(exc)
+
+    return deserialize
+
+
+def _ignore_request(data: bytes) -> None:
+    return _IGNORED
+
+
+_IGNORED = object()  # a refused call's request: never parsed
+
+
+def _refuse_undecodable(request, context, method: str) -> None:
+    if isinstance(request, _Undecodable):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"request is not a valid {method} message: {type(request.error).__name__}: "
+                      f"{bounded(str(request.error), 200)}")
+
+
+def _decoded(requests, context, method: str):
+    for request in requests:
+        _refuse_undecodable(request, context, method)
+        yield request
+
+
+def bounded(text: str, limit: int = 1000) -> str:
+    """`text`, cut to `limit` characters with the length said: for anything a client sent that is echoed."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…({len(text)} chars)"
+
+
 def _abort_handler(code: grpc.StatusCode, details: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that only refuses."""
+    """A handler of the same shape as `handler` that only refuses (and never parses the request)."""
 
     def refuse(request_or_iterator, context):
         context.abort(code, details)
 
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(refuse, _ignore_request, handler.response_serializer)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(refuse, _ignore_request, handler.response_serializer)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(refuse, _ignore_request, handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(refuse, _ignore_request, handler.response_serializer)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -93,8 +149,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return refusal
 
     def _needs_token(self, method: str) -> bool:
-        service = method.rsplit("/", 2)[1] if method.count("/") >= 2 else ""
-        if service in OPEN_SERVICES:
+        if _service_of(method) in OPEN_SERVICES:
             return False
         return self._scope == "all" or method in ADMIN_METHODS
 
@@ -115,13 +170,137 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return handler
 
 
-class TelemetryInterceptor(grpc.ServerInterceptor):
-    """Counts, times and logs every call by method and final status code."""
+def _service_of(method: str) -> str:
+    return method.rsplit("/", 2)[1] if method.count("/") >= 2 else ""
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+
+class _OpenStream:
+    __slots__ = ("context", "last_active", "ended_idle")
+
+    def __init__(self, context) -> None:
+        self.context = context
+        self.last_active = time.monotonic()
+        self.ended_idle = False
+
+
+class StreamGuard:
+    """Bounds streaming calls by group and ends idle ones.
+
+    Every open stream holds a server thread. Without a bound, idle streams
+    (reflection needs no token) took every thread and unary calls and health
+    checks timed out. Each group has its own slots, refused with
+    RESOURCE_EXHAUSTED when full, and the server's pool has a thread for each
+    slot on top of the unary workers. One watchdog thread ends streams that
+    neither received nor sent a message for `idle_seconds`.
+    """
+
+    def __init__(self, limits: dict[str, tuple[int, str]], idle_seconds: float) -> None:
+        self._limits = limits  # group -> (slots, env var that sets them)
+        self._slots = {group: threading.BoundedSemaphore(n) for group, (n, _) in limits.items()}
+        self._idle_seconds = idle_seconds
+        self._open: set[_OpenStream] = set()
+        self._idle_ended: dict[int, str] = {}  # id(context) -> message, until telemetry records the call
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="stellar-stream-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def guarded(self, behaviour, group: str, method: str, request_streaming: bool, response_streaming: bool):
+        """`behaviour` holding a slot of `group` while it runs, its messages keeping it alive."""
+        if response_streaming:
+            def guarded_stream(request, context):
+                stream = self._enter(group, method, context)
+                try:
+                    if request_streaming:
+                        request = self._received(request, stream)
+                    for response in behaviour(request, context):
+                        stream.last_active = time.monotonic()
+                        yield response
+                finally:
+                    self._leave(group, stream)
+            return guarded_stream
+
+        def guarded_call(request_iterator, context):
+            stream = self._enter(group, method, context)
+            try:
+                return behaviour(self._received(request_iterator, stream), context)
+            finally:
+                self._leave(group, stream)
+        return guarded_call
+
+    def ended_idle(self, context) -> str | None:
+        """The message this call was ended with if the watchdog ended it (asked once, after the call)."""
+        if not self._idle_ended:
+            return None
+        with self._lock:
+            return self._idle_ended.pop(id(context), None)
+
+    def _enter(self, group: str, method: str, context) -> _OpenStream:
+        if not self._slots[group].acquire(blocking=False):
+            limit, env = self._limits[group]
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"too many concurrent {method} calls (limit {limit}): {env} streams may be open at once; "
+                          "retry later")
+        stream = _OpenStream(context)
+        with self._lock:
+            self._open.add(stream)
+        return stream
+
+    def _leave(self, group: str, stream: _OpenStream) -> None:
+        with self._lock:
+            self._open.discard(stream)
+            if stream.ended_idle:
+                self._idle_ended[id(stream.context)] = self._idle_message()
+        self._slots[group].release()
+
+    @staticmethod
+    def _received(requests, stream: _OpenStream):
+        for request in requests:
+            stream.last_active = time.monotonic()
+            yield request
+
+    def _idle_message(self) -> str:
+        return (f"stream idle for {self._idle_seconds:g} s (STELLAR_STREAM_IDLE_SECONDS): "
+                "no message received or sent; open a new stream")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self._idle_seconds / 4)):
+            cutoff = time.monotonic() - self._idle_seconds
+            with self._lock:
+                idle = [s for s in self._open if s.last_active < cutoff and not s.ended_idle]
+            for stream in idle:
+                stream.ended_idle = True
+                _end_call(stream.context, grpc.StatusCode.DEADLINE_EXCEEDED, self._idle_message())
+
+
+def _end_call(context, code: grpc.StatusCode, details: str) -> None:
+    """End a call from another thread than the one serving it, with a status the client sees.
+
+    The public `context.cancel()` would only tell the client CANCELLED; the
+    underlying call can carry our code and details. Falls back to cancel()."""
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    try:
+        call.cancel(code.value[0], details)
+    except Exception:  # another grpcio layout: the plain cancel still frees the stream
+        context.cancel()
+
+
+class TelemetryInterceptor(grpc.ServerInterceptor):
+    """Counts, times and logs every call by method and final status code; answers
+    undecodable requests; puts streams under the StreamGuard and some methods on their own threads."""
+
+    def __init__(self, metrics: ServerMetrics, streams: StreamGuard | None = None,
+                 thread_pools: dict[str, futures.ThreadPoolExecutor] | None = None) -> None:
         self._metrics = metrics
+        self._streams = streams
+        self._thread_pools = thread_pools or {}
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._lock = threading.Lock()
+        self._served_in_flight = 0  # calls of SERVED_SERVICES running: the drain waits for them
+        self._idle = threading.Condition(self._lock)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -136,13 +315,26 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                 self._wrapped[id(handler)] = (handler, wrapped)
         return wrapped
 
+    def wait_for_served_calls(self, timeout: float) -> bool:
+        """Wait until no call of the served services runs (True) or `timeout` passes (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._served_in_flight == 0, timeout)
+
+    def _track(self, delta: int) -> None:
+        with self._idle:
+            self._served_in_flight += delta
+            if self._served_in_flight == 0:
+                self._idle.notify_all()
+
     def _record(self, method: str, code: str, seconds: float, context, details: str = "") -> None:
         m = self._metrics
         m.requests.labels(method, code).inc()
         m.latency.labels(method).observe(seconds)
         if code != "OK":
             m.errors.labels(method, code).inc()
-            level = logging.ERROR if code in ("UNKNOWN", "INTERNAL") else logging.WARNING
+            level = (logging.ERROR if code in ("UNKNOWN", "INTERNAL")
+                     else logging.INFO if code == "CANCELLED" else logging.WARNING)
+            details = bounded(details)
             log.log(level, "%s %s: %s", method, code, details, extra={
                 "event": "rpc", "method": method, "code": code, "duration_ms": round(seconds * 1000, 3),
                 "peer": context.peer(), "details": details})
@@ -150,10 +342,14 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             log.debug("%s OK", method, extra={"event": "rpc", "method": method, "code": code,
                                               "duration_ms": round(seconds * 1000, 3), "peer": context.peer()})
 
-    @staticmethod
-    def _status(context, exc: BaseException | None) -> tuple[str, str]:
+    def _status(self, context, exc: BaseException | None) -> tuple[str, str]:
+        idle = self._streams.ended_idle(context) if self._streams is not None else None
+        if idle is not None:
+            return "DEADLINE_EXCEEDED", idle
         code = context.code()
         if code is None or code == grpc.StatusCode.OK:
+            if not context.is_active():  # the client cancelled or went away: not our error
+                return "CANCELLED", "cancelled by the client"
             if exc is None:
                 return "OK", ""
             log.exception("unhandled error", exc_info=exc)
@@ -165,50 +361,83 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         method = full_method.rsplit("/", 1)[-1]
-        record, status = self._record, self._status
+        behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        streaming = handler.request_streaming or handler.response_streaming
+        served = _service_of(full_method) in SERVED_SERVICES
+        if streaming and self._streams is not None:
+            group = "served" if served else "open"
+            behaviour = self._streams.guarded(behaviour, group, method, handler.request_streaming,
+                                              handler.response_streaming)
+        wrapped = (self._wrap_streaming(behaviour, method, handler.request_streaming, served)
+                   if handler.response_streaming else
+                   self._wrap_unary(behaviour, method, handler.request_streaming, served))
+        pool = self._thread_pools.get(full_method)
+        if pool is not None:
+            wrapped.experimental_thread_pool = pool  # grpc runs the call on this pool
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(handler.request_streaming, handler.response_streaming)]
+        return factory(wrapped, _tolerant(handler.request_deserializer), handler.response_serializer)
 
-        if handler.response_streaming:
-            behaviour = handler.stream_stream or handler.unary_stream
+    def _wrap_streaming(self, behaviour, method: str, request_streaming: bool, served: bool):
+        record, status, track = self._record, self._status, self._track
 
-            def streaming(request, context):
-                start = time.perf_counter()
-                exc = None
-                cancelled = False
-                try:
-                    yield from behaviour(request, context)
-                except GeneratorExit:  # the client cancelled or went away
-                    cancelled = True
-                    raise
-                except BaseException as error:
-                    exc = error
-                    raise
-                finally:
-                    if cancelled:
-                        record(method, "CANCELLED", time.perf_counter() - start, context, "cancelled by the client")
-                    else:
-                        code, details = status(context, exc)
-                        record(method, code, time.perf_counter() - start, context, details)
+        def streaming(request, context):
+            start = time.perf_counter()
+            exc = None
+            cancelled = False
+            if served:
+                track(1)
+            try:
+                if request_streaming:
+                    request = _decoded(request, context, method)
+                else:
+                    _refuse_undecodable(request, context, method)
+                yield from behaviour(request, context)
+            except GeneratorExit:  # the client cancelled or went away
+                cancelled = True
+                raise
+            except BaseException as error:
+                exc = error
+                raise
+            finally:
+                if served:
+                    track(-1)
+                if cancelled:
+                    record(method, "CANCELLED", time.perf_counter() - start, context, "cancelled by the client")
+                else:
+                    code, details = status(context, exc)
+                    record(method, code, time.perf_counter() - start, context, details)
 
-            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
-                       else grpc.unary_stream_rpc_method_handler)
-            return factory(streaming, handler.request_deserializer, handler.response_serializer)
+        return streaming
 
-        behaviour = handler.stream_unary or handler.unary_unary
+    def _wrap_unary(self, behaviour, method: str, request_streaming: bool, served: bool):
+        record, status, track = self._record, self._status, self._track
 
         def unary(request, context):
             start = time.perf_counter()
             exc = None
+            if served:
+                track(1)
             try:
+                if request_streaming:
+                    request = _decoded(request, context, method)
+                else:
+                    _refuse_undecodable(request, context, method)
                 return behaviour(request, context)
             except BaseException as error:
                 exc = error
                 raise
             finally:
+                if served:
+                    track(-1)
                 code, details = status(context, exc)
                 record(method, code, time.perf_counter() - start, context, details)
 
-        factory = grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
-        return factory(unary, handler.request_deserializer, handler.response_serializer)
+        return unary
 
 
 # -- structured logs ----------------------------------------------------------------------
@@ -264,16 +493,27 @@ class StellarServer:
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
 
-        interceptors: list[grpc.ServerInterceptor] = [TelemetryInterceptor(self.metrics)]
+        self.streams = StreamGuard({
+            "served": (config.max_concurrent_streams, "STELLAR_MAX_CONCURRENT_STREAMS"),
+            "open": (config.max_open_streams, "STELLAR_MAX_OPEN_STREAMS"),
+        }, config.stream_idle_seconds)
+        # ReloadModel waits for the registry: on its own threads, a burst of them
+        # cannot take the threads that answer classification.
+        self._reload_pool = futures.ThreadPoolExecutor(max_workers=RELOAD_CALL_THREADS,
+                                                       thread_name_prefix="stellar-reload-rpc")
+        self.telemetry = TelemetryInterceptor(self.metrics, self.streams,
+                                              {method: self._reload_pool for method in ADMIN_METHODS})
+        interceptors: list[grpc.ServerInterceptor] = [self.telemetry]
         if config.auth_token:
             interceptors.append(AuthInterceptor(config.auth_token, config.auth_scope))
         else:
             log.warning("STELLAR_AUTH_TOKEN is not set: every RPC, ReloadModel included, is open",
                         extra={"event": "auth_off"})
         limit = config.max_message_bytes
+        stream_threads = config.max_concurrent_streams + config.max_open_streams
         self.server = grpc.server(
-            # Each open ClassifyStream holds a thread; unary calls keep max_workers of their own.
-            futures.ThreadPoolExecutor(max_workers=config.max_workers + config.max_concurrent_streams,
+            # Each open stream holds a thread; unary calls keep max_workers of their own.
+            futures.ThreadPoolExecutor(max_workers=config.max_workers + stream_threads,
                                        thread_name_prefix="stellar-rpc"),
             interceptors=interceptors,
             options=[
@@ -324,7 +564,8 @@ class StellarServer:
         return self
 
     def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let in-flight ones finish (up to `grace` seconds), release everything."""
+        """Health NOT_SERVING, let in-flight calls finish (up to `grace` seconds), then refuse
+        new calls and release everything."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -332,7 +573,11 @@ class StellarServer:
         self.health.enter_graceful_shutdown()  # health answers NOT_SERVING while draining
         self.store.stop()
         started = time.monotonic()
-        self.server.stop(grace).wait()
+        # Still accepting calls here: health checks get NOT_SERVING, not a refused connection.
+        self.telemetry.wait_for_served_calls(grace)
+        self.server.stop(max(0.0, grace - (time.monotonic() - started))).wait()
+        self.streams.stop()
+        self._reload_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop()
         log.info("stopped", extra={"event": "stopped", "drain_seconds": round(time.monotonic() - started, 3)})
 

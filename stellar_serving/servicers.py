@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
+from concurrent.futures import TimeoutError as FutureTimeout
 from importlib import metadata
 
 import grpc
@@ -71,15 +71,10 @@ class _Predicting:
 
 
 class ClassifierServicer(_Predicting, pb_grpc.ClassifierServicer):
-    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
-                 batcher: MicroBatcher) -> None:
-        super().__init__(store, config, metrics, batcher)
-        self._stream_slots = threading.BoundedSemaphore(config.max_concurrent_streams)
-
     # -- classification -----------------------------------------------------------
     def _classify(self, objects, what: str, context, method: str) -> tuple[pb.ClassifyBatchResponse, LoadedModel]:
         try:
-            inputs = objects_to_inputs(objects, self.config.max_batch_size, what)
+            inputs = objects_to_inputs(objects, self.config.max_batch_size, what, self.config.max_client_id_chars)
         except InvalidInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         _check_deadline(context)
@@ -98,30 +93,33 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServicer):
         return response
 
     def ClassifyStream(self, request_iterator, context):
-        if not self._stream_slots.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"too many concurrent ClassifyStream calls (limit {self.config.max_concurrent_streams}); "
-                          "retry later")
-        try:
-            for index, request in enumerate(request_iterator):
-                # Each message reads the current model again: a long stream picks
-                # up a new champion between messages, and each response names it.
-                response, _ = self._classify(request.objects, f"stream message {index}", context, "ClassifyStream")
-                yield response
-        finally:
-            self._stream_slots.release()
+        # The server's StreamGuard bounds open streams and ends idle ones.
+        for index, request in enumerate(request_iterator):
+            # Each message reads the current model again: a long stream picks
+            # up a new champion between messages, and each response names it.
+            response, _ = self._classify(request.objects, f"stream message {index}", context, "ClassifyStream")
+            yield response
 
     # -- model ------------------------------------------------------------------------
     def GetModelInfo(self, request, context):
         return model_info(_current(self.store, context))
 
     def ReloadModel(self, request, context):
+        # The reload runs on the store's reload thread, shared with every caller
+        # that arrives while it runs; this call only waits, within its deadline.
+        reload = self.store.request_reload()
+        remaining = context.time_remaining()
+        wait = self.config.reload_timeout_seconds if remaining is None else min(remaining, self.config.reload_timeout_seconds)
         try:
-            outcome = self.store.refresh()
+            outcome = reload.result(timeout=max(0.0, wait))
+        except FutureTimeout:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          f"the reload did not finish within {wait:.3g} s (the registry is slow); it goes on in "
+                          f"the background; {self.store.serving_note()}")
         except RegistryUnavailable as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; still serving the previous model")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; {self.store.serving_note()}")
         except (NoChampion, ModelRejected) as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{exc}; still serving the previous model")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{exc}; {self.store.serving_note()}")
         previous = outcome.previous.version if outcome.previous else ""
         return pb.ReloadModelResponse(previous_version=previous, version=outcome.current.version,
                                       changed=outcome.changed, source=outcome.current.source)

@@ -23,6 +23,10 @@ _BOUNDS = tuple(zip(_LOW.tolist(), _HIGH.tolist()))
 # Up to this many objects, plain Python comparisons beat numpy's per-call cost.
 _SCALAR_CHECK_MAX = 8
 
+# Longest client_id accepted, and how much of one an error message repeats.
+DEFAULT_MAX_CLIENT_ID = 256
+ECHOED_CLIENT_ID = 64
+
 # A colour column of a v2 feature tensor may differ from the server's own
 # difference of its two bands by this much (magnitudes): float32 rounding when a
 # client computes colours in float64, never a real colour change.
@@ -40,10 +44,12 @@ def check_count(n: int, max_batch: int, what: str = "batch") -> None:
         raise InvalidInput(f"{what} has {n} objects; the maximum is {max_batch} (split it, or use ClassifyStream)")
 
 
-def objects_to_inputs(objects: Sequence, max_batch: int, what: str = "batch") -> np.ndarray:
+def objects_to_inputs(objects: Sequence, max_batch: int, what: str = "batch",
+                      max_client_id: int = DEFAULT_MAX_CLIENT_ID) -> np.ndarray:
     """stellar.v1 SdssObject messages -> float32 [n, 6] model inputs (MODEL_INPUTS order)."""
     n = len(objects)
     check_count(n, max_batch, what)
+    _check_client_ids(objects, max_client_id, what)
     if n <= _SCALAR_CHECK_MAX:
         rows = _plainly_valid_rows(objects)
         if rows is not None:
@@ -59,6 +65,23 @@ def objects_to_inputs(objects: Sequence, max_batch: int, what: str = "batch") ->
     where = f"{what}, " if what.startswith("stream message") else ""
     _raise_first_problem(values, missing, lambda k: where + _object_label(objects, k))
     return values.astype(np.float32)
+
+
+def _check_client_ids(objects: Sequence, max_client_id: int, what: str) -> None:
+    lengths = [len(obj.client_id) for obj in objects]
+    longest = max(lengths)
+    if longest > max_client_id:
+        k = lengths.index(longest)
+        where = f"{what}, " if what.startswith("stream message") else ""
+        raise InvalidInput(f"{where}object {k}: client_id {echo(objects[k].client_id)!r} is too long: "
+                           f"{longest} characters; the maximum is {max_client_id}")
+
+
+def echo(client_id: str) -> str:
+    """`client_id` as error messages and logs repeat it: cut to ECHOED_CLIENT_ID characters."""
+    if len(client_id) <= ECHOED_CLIENT_ID:
+        return client_id
+    return f"{client_id[:ECHOED_CLIENT_ID]}…({len(client_id)} chars)"
 
 
 def _plainly_valid_rows(objects: Sequence) -> list[tuple[float, ...]] | None:
@@ -110,7 +133,7 @@ def features_to_inputs(matrix: np.ndarray, max_batch: int) -> np.ndarray:
 
 def _object_label(objects: Sequence, k: int) -> str:
     client_id = objects[k].client_id
-    return f"object {k} (client_id {client_id!r})" if client_id else f"object {k}"
+    return f"object {k} (client_id {echo(client_id)!r})" if client_id else f"object {k}"
 
 
 def _raise_first_problem(values: np.ndarray, missing: np.ndarray, label) -> None:
