@@ -202,6 +202,10 @@ def _classify_csv(args) -> int:
         counts, versions = _stream_predictions(args, source, csv.writer(out))
         if source.failure is not None:  # leaving the block unfinished: no file is replaced
             raise CommandError(f"{source.failure}{_failure_hint(args, source)}")
+        answered = sum(counts.values())
+        if answered != source.sent:  # a stream that ended early must not pass for a whole file
+            raise CommandError(f"the server answered {answered} of {source.sent} objects"
+                               f"{_failure_hint(args, source)}")
     _report(args, source, rejects_path, counts, versions)
     return 0
 

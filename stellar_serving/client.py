@@ -189,6 +189,7 @@ class CsvObjects:
         self.on_reject = on_reject
         self.failure: CsvInputError | InvalidRow | None = None
         self.rows = 0
+        self.sent = 0
         self.rejected = 0
         self.first_rejected: RejectedRow | None = None
         self.duplicate_ids: Counter = Counter()  # id -> extra occurrences
@@ -228,6 +229,7 @@ class CsvObjects:
                     if self.failure is not None:
                         return
                     if obj is not None:
+                        self.sent += 1
                         yield obj
         except CsvInputError as exc:
             self.failure = exc

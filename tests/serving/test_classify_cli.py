@@ -133,6 +133,10 @@ def test_outputs_that_cannot_be_written_are_refused_before_connecting(capsys, fo
          f"error: --rejects {path} is the input file: it would be replaced"),
         (["--on-invalid", "skip"],
          "error: --on-invalid skip writes the rejected rows to a file: give --rejects PATH (or --output)"),
+        (["--rejects", str(folder / "r.csv")], "error: --rejects is for --on-invalid skip"),
+        (["--on-invalid", "skip", "--output", str(folder / "p.csv"), "--rejects", str(folder / "p.csv")],
+         f"error: --output and --rejects are the same file: {folder / 'p.csv'}"),
+        (["--u", "19"], "error: give either --csv or the input flags (--u ... --redshift), not both"),
     ]
     for flags, message in cases:
         code, _, err = run(capsys, "--target", nowhere, "--csv", str(path), *flags)
@@ -208,6 +212,18 @@ def test_skip_classifies_the_valid_rows_and_writes_the_rejects(capsys, folder, t
                        f"written with the reasons to {rejects_path}")
     assert json.loads(summary) == {"objects": 34, "classes": json.loads(summary)["classes"], "model_versions": ["1"],
                                    "skipped": 6, "rejects": str(rejects_path)}
+
+
+def test_skip_with_every_row_invalid_writes_only_rejects(capsys, folder, target, sample_inputs):
+    rows = [[f"bad-{k}", "nan", *row[2:]] for k, row in enumerate(good_rows(sample_inputs[:3]))]
+    path = write_csv(folder / "objects.csv", rows)
+    output, rejects = folder / "predictions.csv", folder / "rejects.csv"
+    code, _, err = run(capsys, "--target", target, "--csv", str(path), "--output", str(output),
+                       "--on-invalid", "skip", "--rejects", str(rejects))
+    assert code == 0
+    assert read_rows(output) == []
+    assert [r["spec_obj_ID"] for r in read_rows(rejects)] == ["bad-0", "bad-1", "bad-2"]
+    assert err.startswith(f"warning: skipped 3 invalid rows of 3 (first: line 2 (id 'bad-0'): field 'u' is NaN)")
 
 
 # --- outputs are replaced atomically -------------------------------------------------------------
