@@ -268,13 +268,14 @@ def precision_outcome(frame: pd.DataFrame, column: str) -> ExpectationOutcome:
         return outcome
     full = "18-20" if pd.api.types.is_integer_dtype(values.dtype) else "16-17"
     chance = _chance_at_full_precision(column, digits, len(values))
+    odds = f"p = {chance:.1e}" if chance > 0 else "p < 1e-300"
     outcome.success = False
     outcome.unexpected_count, outcome.unexpected_percent = len(values), 100.0
     outcome.examples = [_plain(v) for v in values.drop_duplicates().head(5)]
     outcome.explanation = (
         f"IDs carry at most {digits} significant digits; the source format carries {full}: rounded by a "
         f"spreadsheet or a scientific-notation export; re-export IDs as text (all {len(values)} IDs this "
-        f"short happens by chance with probability {chance:.0e} at full precision)")
+        f"short by chance at full precision: {odds})")
     return outcome
 
 
@@ -381,7 +382,8 @@ def _number(value: float):
 
 def _missing_columns(outcome: ExpectationOutcome, columns: list[str]) -> ExpectationOutcome:
     outcome.success = False
-    outcome.explanation = f"required column(s) {', '.join(map(repr, columns))} missing"
+    names = ", ".join(map(repr, columns))
+    outcome.explanation = f"required column {names} is missing" if len(columns) == 1 else f"required columns {names} are missing"
     return outcome
 
 
@@ -396,8 +398,9 @@ def weekly_outcomes(frame: pd.DataFrame, weeks: pd.Series) -> list[ExpectationOu
         if column not in frame.columns or not pd.api.types.is_numeric_dtype(frame[column]):
             continue  # the batch-wide expectation already fails and says why
         values = frame[column]
-        measured = (values > SENTINEL_THRESHOLD if column in MAGNITUDE_BANDS else values.notna()).to_numpy()
-        bad = measured & ~values.between(low, high).to_numpy()
+        measured = (values > SENTINEL_THRESHOLD if column in MAGNITUDE_BANDS else values.notna())
+        measured = measured.to_numpy(dtype=bool, na_value=False)  # nullable dtypes compare to NA
+        bad = measured & ~values.between(low, high).to_numpy(dtype=bool, na_value=False)
         outcomes += by_week.failing("expect_column_values_to_be_between", column, measured, bad, 1 - RANGE_MOSTLY,
                                     f"outside the physical range [{low:g}, {high:g}]", values.to_numpy())
     for column in NULL_TOLERANT_COLUMNS:
@@ -419,13 +422,15 @@ class _WeekCounter:
         rows, bad_rows = (self._per_week(mask) for mask in (counted, bad))
         broken = np.flatnonzero((bad_rows > max_share * rows)
                                 & ((bad_rows >= MIN_BAD_ROWS_IN_WEEK) | (bad_rows == rows)))
+        if not broken.size:
+            return []
         rule = (f"a week fails beyond {max_share:.0%} of its rows with at least {MIN_BAD_ROWS_IN_WEEK} "
                 "such rows, or when every row is")
         bad_by_week = self._rows_by_week(bad)
         firsts = np.cumsum(bad_rows) - bad_rows  # where each week's bad rows start in bad_by_week
         return [ExpectationOutcome(
             name=name, column=column, success=False, week=self.keys[week],
-            unexpected_count=int(bad_rows[week]), unexpected_percent=100.0 * bad_rows[week] / rows[week],
+            unexpected_count=int(bad_rows[week]), unexpected_percent=float(100.0 * bad_rows[week] / rows[week]),
             examples=[_plain(v) for v in shown[bad_by_week[firsts[week]:firsts[week] + min(5, bad_rows[week])]]],
             explanation=f"week {self.keys[week]}: {bad_rows[week]} of {rows[week]} rows {what} ({rule})",
         ) for week in broken]
