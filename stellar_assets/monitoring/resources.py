@@ -4,7 +4,9 @@ Embedded defaults: SQLite at $STELLAR_HOME/predictions.db, the server on
 127.0.0.1:50051 with metrics on :9464 (the serving defaults). A team set-up
 points STELLAR_PREDICTIONS_DB_URL at PostgreSQL
 (postgresql+psycopg2://user:pass@host/db) and STELLAR_SERVING_TARGET /
-STELLAR_SERVING_METRICS_URL at the deployed server.
+STELLAR_SERVING_METRICS_URL at the deployed server. The database URL and
+STELLAR_AUTH_TOKEN are secrets: the resources hold them as dg.EnvVar, never
+their values (see stellar_assets.resources.env_var_or).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import Field
 from stellar_core.contract import CLASSES
 from stellar_core.drift import DriftThresholds
 from stellar_core.home import mlflow_artifact_root, project_home
+from stellar_assets.resources import env_var_or
 
 PREDICTIONS_TABLE = "batch_predictions"
 SNAPSHOTS_TABLE = "serving_snapshots"
@@ -60,7 +63,8 @@ class PredictionsDatabase(dg.ConfigurableResource):
         try:
             engine = sa.create_engine(self.url, future=True)
         except (sa.exc.ArgumentError, ImportError) as exc:
-            raise ValueError(f"PredictionsDatabase.url {self.url!r} is not a usable SQLAlchemy URL: {exc}") from exc
+            raise ValueError(f"PredictionsDatabase.url {masked_url(self.url)} is not a usable SQLAlchemy URL: "
+                             f"{exc}") from exc
         _metadata.create_all(engine)
         return engine
 
@@ -113,6 +117,14 @@ class PredictionsDatabase(dg.ConfigurableResource):
                                .order_by(snapshots_table.c.week.desc()).limit(1)).first()
         engine.dispose()
         return row[0] if row else None
+
+
+def masked_url(url: str) -> str:
+    """`url` for messages: its password as ***; an unparsable one is not shown, it may hold a password."""
+    try:
+        return repr(sa.engine.make_url(url).render_as_string(hide_password=True))
+    except sa.exc.ArgumentError:
+        return "(not shown: it does not parse, and may hold a password)"
 
 
 class ServerUnreachable(RuntimeError):
@@ -173,7 +185,8 @@ class DriftSettings(dg.ConfigurableResource):
 
 
 def default_predictions_url() -> str:
-    return os.environ.get("STELLAR_PREDICTIONS_DB_URL") or f"sqlite:///{project_home() / 'predictions.db'}"
+    """The configured URL as an EnvVar (it holds the password), else the embedded SQLite file."""
+    return env_var_or(dg.EnvVar("STELLAR_PREDICTIONS_DB_URL"), f"sqlite:///{project_home() / 'predictions.db'}")
 
 
 def monitoring_resources() -> dict:
@@ -183,7 +196,7 @@ def monitoring_resources() -> dict:
         "prediction_server": PredictionServer(
             grpc_target=os.environ.get("STELLAR_SERVING_TARGET", "127.0.0.1:50051"),
             metrics_url=os.environ.get("STELLAR_SERVING_METRICS_URL", "http://127.0.0.1:9464/metrics"),
-            admin_token=os.environ.get("STELLAR_AUTH_TOKEN") or None,
+            admin_token=env_var_or(dg.EnvVar("STELLAR_AUTH_TOKEN"), None),
         ),
         "drift_settings": DriftSettings(artifact_root=mlflow_artifact_root()),
     }

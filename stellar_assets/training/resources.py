@@ -2,7 +2,9 @@
 
 Embedded default: the SQLite tracking store and registry plus an artifact
 folder under $STELLAR_HOME/mlflow (stellar_core.home); MLFLOW_TRACKING_URI
-points everything at an MLflow server instead.
+points everything at an MLflow server instead. That URI may carry user:password@,
+so the resources hold it as dg.EnvVar, never its value; MLflow reads
+MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN from the environment itself.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from mlflow.tracking import MlflowClient
 from pydantic import Field
 
 from stellar_core.contract import CLASSES
-from stellar_core.home import mlflow_artifact_root, mlflow_tracking_uri, project_home
+from stellar_core.home import default_mlflow_tracking_uri, mlflow_artifact_root, mlflow_tracking_uri, project_home
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME
 from stellar_core.training import COMPARISON_METRICS
+from stellar_assets.resources import env_var_or
 
 DEFAULT_EXPERIMENT = "stellar-training"
 
@@ -61,13 +64,23 @@ def stellar_mlflow_tracking(context):
     tracking.cleanup_on_error()
 
 
+def tracking_uri_from_env() -> str:
+    """MLFLOW_TRACKING_URI as an EnvVar (it may hold a password), else the embedded SQLite store."""
+    return env_var_or(dg.EnvVar("MLFLOW_TRACKING_URI"), default_mlflow_tracking_uri())
+
+
+def as_config_value(value: str) -> str | dict:
+    """A string for function-style resource config; an EnvVar as {"env": NAME}, resolved at run time."""
+    return {"env": value.env_var_name} if isinstance(value, dg.EnvVar) else value
+
+
 def mlflow_tracking_resource(tracking_uri: str | None = None, experiment_name: str = DEFAULT_EXPERIMENT,
                              artifact_root: str | None = None) -> dg.ResourceDefinition:
     return stellar_mlflow_tracking.configured({
         "experiment_name": experiment_name,
         # dagster-mlflow exports these for the run: no tqdm bars in Dagster's logs.
         "env": {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
-        "mlflow_tracking_uri": tracking_uri or mlflow_tracking_uri(),
+        "mlflow_tracking_uri": as_config_value(tracking_uri or tracking_uri_from_env()),
         "artifact_root": artifact_root or mlflow_artifact_root(),
     })
 
@@ -81,8 +94,16 @@ class ModelRegistry(dg.ConfigurableResource):
     ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI base URL for links")
 
     def client(self) -> MlflowClient:
-        ensure_store(self.tracking_uri)
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        uri = self.resolved_tracking_uri()
+        ensure_store(uri)
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def resolved_tracking_uri(self) -> str:
+        """A run hands the resource over resolved; outside one (replay, the CLI) the field may still be
+        the EnvVar, whose str() raises and whose characters are the variable's name, not the URI."""
+        if isinstance(self.tracking_uri, dg.EnvVar):
+            return self.process_config_and_initialize().tracking_uri
+        return self.tracking_uri
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -143,7 +164,7 @@ def default_selection_path() -> str:
 
 def training_resources() -> dict:
     """The resources the training assets need, from the environment (defaults: the project home)."""
-    uri = mlflow_tracking_uri()
+    uri = tracking_uri_from_env()
     return {
         "mlflow": mlflow_tracking_resource(uri),
         "model_registry": ModelRegistry(
