@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--first-week", help="first week of the replay (YYYY-MM-DD, a Sunday); default 2008-03-02")
     demo.add_argument("--last-week", help="last week of the replay; default 2008-12-28 (up to 2020-03-22)")
     ingest = sub.add_parser("ingest", help="backfill raw observations and features for every week, in one run")
-    ingest.add_argument("--first-week", help="first week (YYYY-MM-DD, a Sunday); default: the first")
-    ingest.add_argument("--last-week", help="last week; default: the last")
+    ingest.add_argument("--first-week", help="first week (YYYY-MM-DD, a Sunday); default: the first the source covers")
+    ingest.add_argument("--last-week", help="last week; default: the last the source covers")
+    ingest.add_argument("--allow-shrink", action="store_true",
+                        help="let this run store fewer rows in a week than it holds (default: refused)")
     sub.add_parser("ui", help="open the Dagster UI (dagster dev) on the main job's instance")
     sub.add_parser("serve", help="run the gRPC prediction server (see stellar_serving)", add_help=False)
     sub.add_parser("classify", help="classify objects through the prediction server", add_help=False)
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ingest":
         from stellar_assets.demo import run_ingestion
 
-        return run_ingestion(first_week=args.first_week, last_week=args.last_week)
+        return run_ingestion(first_week=args.first_week, last_week=args.last_week, allow_shrink=args.allow_shrink)
     if args.command == "ui":
         return _open_ui()
     parser.error(f"unknown command {args.command}")

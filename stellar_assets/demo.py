@@ -19,35 +19,49 @@ def say(message: str = "") -> None:
     print(message, flush=True)
 
 
-def run_ingestion(first_week: str | None = None, last_week: str | None = None) -> int:
-    """`stellar ingest`: raw observations and features for every week (or a range) in ONE run."""
+def run_ingestion(first_week: str | None = None, last_week: str | None = None, allow_shrink: bool = False) -> int:
+    """`stellar ingest`: raw observations and features for the weeks the source covers (or a range) in ONE run."""
     csv, why = default_sdss_csv()
     configure_environment()
 
     import dagster as dg
 
     from stellar_assets.definitions import defs
-    from stellar_assets.partitions import observation_weeks
+    from stellar_assets.partitions import observation_weeks, survey_span
     from stellar_assets.replay import RANGE_END_TAG, RANGE_START_TAG
+    from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG
+    from stellar_assets.resources.sources import source_from_env
     from stellar_core.home import project_home
+    from stellar_core.sources import SourceError
 
     instance = dg.DagsterInstance.get()
     keys = observation_weeks.get_partition_keys()
-    first = first_week or keys[0]
-    last = last_week or keys[-1]
+    say(f"stellar ingest: project home {project_home()}")
+    _say_source(csv, why)
+    try:
+        covers = source_from_env().coverage(survey_span())
+    except SourceError as exc:
+        say(f"error: {exc}")
+        return 2
+    if covers is None:
+        say("error: the source covers no survey week (no row with an MJD inside the survey): nothing to ingest")
+        return 2
+    first = first_week or max(covers.first, keys[0])
+    last = last_week or min(covers.last, keys[-1])
     for name, week in (("first", first), ("last", last)):
         if week not in keys:
             say(f"--{name}-week {week} is not an observation week: weeks start on Sundays between {keys[0]} and {keys[-1]}")
             return 2
     selected = keys[keys.index(first): keys.index(last) + 1]
-    say(f"stellar ingest: project home {project_home()}")
-    _say_source(csv, why)
     say(f"Ingestion: raw_observations + observation_features for {len(selected)} weeks "
-        f"({first} .. {last}) as ONE run (single-run backfill policy)")
+        f"({first} .. {last}; the source covers {covers}) as ONE run (single-run backfill policy)"
+        + ("; stored weeks may shrink (--allow-shrink)" if allow_shrink else ""))
+    tags = {RANGE_START_TAG: first, RANGE_END_TAG: last, "stellar/step": "ingestion"}
+    if allow_shrink:
+        tags[ALLOW_SHRINK_TAG] = "true"
     started = time.perf_counter()
     result = defs.resolve_job_def("ingestion_job").execute_in_process(
-        instance=instance, run_config=INGEST_LOGS, raise_on_error=False,
-        tags={RANGE_START_TAG: first, RANGE_END_TAG: last, "stellar/step": "ingestion"},
+        instance=instance, run_config=INGEST_LOGS, raise_on_error=False, tags=tags,
     )
     elapsed = time.perf_counter() - started
     if not result.success:
@@ -182,6 +196,7 @@ def _recent_real_objects(store, n: int):
 def _ingestion_summary(result, elapsed: float) -> str:
     rows = Counter()
     weeks_with_data = Counter()
+    changes: Counter = Counter()
     classes: Counter = Counter()
     dropped = 0
     for event in result.get_asset_materialization_events():
@@ -191,6 +206,8 @@ def _ingestion_summary(result, elapsed: float) -> str:
         n = metadata["rows"].value if "rows" in metadata else 0
         rows[asset] += n
         weeks_with_data[asset] += bool(n)
+        if asset == "raw_observations" and "change_status" in metadata:
+            changes[metadata["change_status"].value] += 1
         if asset == "observation_features":
             dropped += metadata["dropped_rows"].value if "dropped_rows" in metadata else 0
             if "class_mix" in metadata:
@@ -201,6 +218,8 @@ def _ingestion_summary(result, elapsed: float) -> str:
     return "\n".join([
         f"Run {result.run_id}: done in {elapsed:.1f} s",
         f"  raw_observations:     {rows['raw_observations']:>7} rows in {weeks_with_data['raw_observations']} weeks with data",
+        f"  weeks: {changes['new']} new, {changes['changed']} changed, {changes['unchanged']} unchanged "
+        "(each week's change and content version are in its metadata)",
         f"  observation_features: {rows['observation_features']:>7} rows ({dropped} dropped as unphysical, counted per week)",
         f"  class mix: {mix}",
         f"  quality checks: {passed}/{len(checks)} passed (great-expectations suite, blocking)",

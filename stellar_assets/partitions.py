@@ -13,6 +13,7 @@ import os
 
 import dagster as dg
 
+from stellar_core.sources.placement import WeekSpan
 from stellar_core.weeks import DR17_FIRST_WEEK, DR17_LAST_MJD, mjd_to_date, week_start
 
 FIRST_WEEK = os.environ.get("STELLAR_FIRST_WEEK", DR17_FIRST_WEEK.isoformat())
@@ -31,3 +32,9 @@ observation_weeks = dg.WeeklyPartitionsDefinition(
     timezone="UTC",
     fmt="%Y-%m-%d",
 )
+
+
+def survey_span() -> WeekSpan:
+    """The weeks of the partitions definition: rows outside them cannot be placed."""
+    keys = observation_weeks.get_partition_keys()
+    return WeekSpan(keys[0], keys[-1])

@@ -30,6 +30,8 @@ COLOURS: tuple[tuple[str, str], ...] = (
     ("u", "g"), ("g", "r"), ("r", "i"), ("i", "z"), ("u", "r"), ("g", "i"), ("r", "z"),
 )
 FEATURE_NAMES: tuple[str, ...] = MODEL_INPUTS + tuple(f"{a}_{b}" for a, b in COLOURS)
+# Raise it whenever build_features computes something different for the same rows.
+FEATURES_CODE_VERSION = "features-1"
 
 _INPUT_INDEX = {name: k for k, name in enumerate(MODEL_INPUTS)}
 _COLOUR_INDEX = np.array([[_INPUT_INDEX[a], _INPUT_INDEX[b]] for a, b in COLOURS])

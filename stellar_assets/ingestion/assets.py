@@ -12,13 +12,15 @@ import hashlib
 import dagster as dg
 import pandas as pd
 
-from stellar_core.contract import LABEL_COLUMN, MJD_COLUMN
-from stellar_core.features import FEATURE_NAMES, build_features
-from stellar_core.sources import SourceError
+from stellar_core.contract import LABEL_COLUMN, MJD_COLUMN, OBJECT_ID_COLUMN
+from stellar_core.features import FEATURE_NAMES, FEATURES_CODE_VERSION, build_features
 from stellar_core.quality import QualityReport, validate_observations
+from stellar_core.sources import SourceError
+from stellar_core.week_changes import WeekChange, compare_week, content_version
 from stellar_core.weeks import week_keys_for_mjds
-from stellar_assets.partitions import observation_weeks
-from stellar_assets.resources.sources import ObservationSource
+from stellar_assets.partitions import observation_weeks, survey_span
+from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG, shrink_allowed
+from stellar_assets.resources.sources import ObservationSource, SourceBatch
 
 # Each Dagster check covers one family of expectations of the one GX suite.
 QUALITY_CHECKS: dict[str, tuple[str, ...]] = {
@@ -29,6 +31,9 @@ QUALITY_CHECKS: dict[str, tuple[str, ...]] = {
     "unique_spec_obj_id": ("expect_column_values_to_be_unique",),
     "null_share": ("expect_column_values_to_not_be_null",),
 }
+PLACEMENT_CHECK = "rows_in_survey_weeks"
+PLACEMENT_DESCRIPTION = ("Every row's MJD lies in a survey week. Rows that cannot be placed are counted and named "
+                         "here (warning); a source where most rows cannot be placed is refused.")
 CHECK_DESCRIPTIONS = {
     "schema": "All 18 SDSS17 columns are present and numeric where they must be.",
     "class_labels": "class is one of STAR, GALAXY, QSO.",
@@ -79,10 +84,6 @@ def _failures_markdown(failed) -> str:
     return "\n".join(lines)
 
 
-def _data_hash(frame: pd.DataFrame) -> str:
-    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:16]
-
-
 def _week_table(frame: pd.DataFrame) -> pd.Series:
     if MJD_COLUMN not in frame.columns or frame.empty:
         return pd.Series([], dtype=str, index=frame.index)
@@ -98,7 +99,7 @@ def _week_metadata(frame: pd.DataFrame, label_column: str, source: str) -> dict:
     metadata = {
         "rows": dg.MetadataValue.int(len(frame)),
         "source": source,
-        "data_hash": _data_hash(frame) if len(frame) else "empty",
+        "data_hash": content_version(frame),
     }
     if frame.empty:
         metadata["note"] = "no spectra observed this week (normal: SDSS did not observe every week)"
@@ -120,22 +121,27 @@ def _split_by_week(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> di
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="ingestion",
     kinds={"pandas", "parquet"},
+    # The stored weeks are read to compare with (io_manager); the source is configured as a resource.
+    required_resource_keys={"io_manager", "source"},
     check_specs=[
-        dg.AssetCheckSpec(name, asset="raw_observations", blocking=True, description=CHECK_DESCRIPTIONS[name])
-        for name in QUALITY_CHECKS
+        *[dg.AssetCheckSpec(name, asset="raw_observations", blocking=True, description=CHECK_DESCRIPTIONS[name])
+          for name in QUALITY_CHECKS],
+        dg.AssetCheckSpec(PLACEMENT_CHECK, asset="raw_observations", blocking=False,
+                          description=PLACEMENT_DESCRIPTION),
     ],
-    description="SDSS spectra observed in the week, as received from the configured source.",
+    description="SDSS spectra observed in the week, as received from the configured source. A week the "
+    "source does not cover, or one that would hold fewer rows than stored, is refused before anything is written.",
 )
-def raw_observations(context: dg.AssetExecutionContext, source: ObservationSource):
+def raw_observations(context: dg.AssetExecutionContext):
     keys = list(context.partition_keys)
-    try:
-        frame = source.fetch(keys, log=context.log)
-    except SourceError as exc:
-        raise dg.Failure(description=f"{source.describe()}: {exc}") from exc
-    context.log.info("%s: %d rows for %d week(s) %s..%s", source.describe(), len(frame), len(keys), keys[0], keys[-1])
+    source: ObservationSource = context.resources.source
+    batch = _fetch_covered(context, source, keys)
+    context.log.info("%s: %d rows for %d week(s) %s..%s (the source covers %s)", source.describe(),
+                     len(batch.rows), len(keys), keys[0], keys[-1], batch.covers)
 
-    report = validate_observations(frame)
+    report = validate_observations(batch.rows, weeks=batch.weeks)
     yield from quality_check_results(report)
+    yield _placement_check(batch)
     if not report.success:
         # Fail before the IO manager writes anything: stored weeks keep their good data.
         raise dg.Failure(
@@ -144,15 +150,97 @@ def raw_observations(context: dg.AssetExecutionContext, source: ObservationSourc
             metadata={"failed_expectations": dg.MetadataValue.json([o.as_dict() for o in report.failures])},
         )
 
-    weeks = _week_table(frame)
-    per_week = _split_by_week(frame, weeks, keys)
-    schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in frame.dtypes.items()])
+    per_week = _split_by_week(batch.rows, batch.weeks, keys)
+    changes = _changes_against_store(context, per_week)
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in batch.rows.dtypes.items()])
+    versions = {}
     for key, part in per_week.items():
+        versions[key] = content_version(part)
         metadata = _week_metadata(part, LABEL_COLUMN, source.describe())
+        metadata.update(_change_metadata(changes[key], versions[key]))
         metadata["dagster/column_schema"] = schema
         context.add_asset_metadata(metadata, partition_key=key)
     value = per_week if len(keys) > 1 else per_week[keys[0]]
-    yield dg.Output(value)
+    yield dg.Output(value, data_version=dg.DataVersion(_range_version(versions)))
+
+
+def _fetch_covered(context: dg.AssetExecutionContext, source: ObservationSource, keys: list[str]) -> SourceBatch:
+    """The source's rows for `keys`, refused unless the source covers every one of them."""
+    try:
+        batch = source.fetch(keys, survey_span(), log=context.log)
+    except SourceError as exc:
+        raise dg.Failure(description=f"{source.describe()}: {exc}") from exc
+    uncovered = batch.uncovered(keys)
+    if uncovered:
+        covers = f"covers only {batch.covers}" if batch.covers else "covers no survey week (it holds no placeable row)"
+        raise dg.Failure(description=(
+            f"{source.describe()} {covers}, so it cannot say what {len(uncovered)} of the {len(keys)} requested "
+            f"week(s) hold (first: {', '.join(uncovered[:3])}); nothing was stored. Materialize weeks inside "
+            f"the source's span, or declare the span the file covers (STELLAR_SDSS_CSV_FIRST_WEEK / _LAST_WEEK)."))
+    if len(batch.unplaceable):
+        context.log.warning("%s: %s", source.describe(), batch.unplaceable_summary)
+    return batch
+
+
+def _changes_against_store(context: dg.AssetExecutionContext, per_week: dict[str, pd.DataFrame]) -> dict[str, WeekChange]:
+    """Compare each week with what is stored; refuse rounded IDs always, and shrinking unless opted in."""
+    store = context.resources.io_manager
+    changes = {key: compare_week(key, store.stored(context.asset_key, key), part) for key, part in per_week.items()}
+    rounded = {key: c.rounded_ids for key, c in changes.items() if c.rounded_ids}
+    if rounded:
+        examples = "; ".join(f"{key}: {', '.join(ids[:3])}" for key, ids in list(rounded.items())[:5])
+        raise dg.Failure(description=(
+            f"the source would replace {sum(map(len, rounded.values()))} stored {OBJECT_ID_COLUMN} values of "
+            f"{len(rounded)} week(s) by rounded versions of the same IDs (same plate, MJD and fibre): {examples}. "
+            "Nothing was stored; re-export the IDs at full precision (as text)."))
+    shrinking = [c for c in changes.values() if c.shrinks]
+    if shrinking and not shrink_allowed(context.run.tags):
+        raise dg.Failure(description=(
+            f"{len(shrinking)} stored week(s) would lose rows: "
+            + "; ".join(f"{c.week}: {c.describe()}" for c in shrinking[:10])
+            + f". Nothing was stored. If the smaller data is right, run again with the run tag {ALLOW_SHRINK_TAG}=true "
+            "(stellar ingest --allow-shrink)."))
+    changed = [c for c in changes.values() if c.status == "changed"]
+    for change in changed[:20]:
+        context.log.warning("raw_observations %s changed: %s", change.week, change.describe())
+    counts = {status: sum(c.status == status for c in changes.values()) for status in ("new", "changed", "unchanged")}
+    context.log.info("raw_observations: %d new, %d changed, %d unchanged week(s)%s", counts["new"],
+                     counts["changed"], counts["unchanged"], " (shrinking allowed by the run tag)" if shrinking else "")
+    return changes
+
+
+def _change_metadata(change: WeekChange, version: str) -> dict:
+    metadata = {
+        "change": change.describe(),
+        "change_status": change.status,
+        "rows_added": dg.MetadataValue.int(change.added),
+        "rows_removed": dg.MetadataValue.int(change.removed),
+        "rows_changed": dg.MetadataValue.int(change.changed),
+        "content_version": version,
+    }
+    if change.shrinks:
+        metadata["shrink_allowed_by"] = f"run tag {ALLOW_SHRINK_TAG}=true"
+    return metadata
+
+
+def _range_version(versions: dict[str, str]) -> str:
+    """One week: its content version. Dagster 1.13 records one data version per output, so a run
+    over several weeks gets a version of all of them (each week's own is in its metadata)."""
+    if len(versions) == 1:
+        return next(iter(versions.values()))
+    joined = ",".join(f"{k}={v}" for k, v in sorted(versions.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def _placement_check(batch: SourceBatch) -> dg.AssetCheckResult:
+    examples = batch.unplaceable.head(10)
+    metadata = {"unplaceable_rows": dg.MetadataValue.int(len(batch.unplaceable)), "summary": batch.unplaceable_summary}
+    if len(examples):
+        columns = [c for c in (OBJECT_ID_COLUMN, MJD_COLUMN, "reason") if c in examples.columns]
+        metadata["examples"] = dg.MetadataValue.md(examples[columns].to_markdown(index=False))
+    return dg.AssetCheckResult(
+        check_name=PLACEMENT_CHECK, asset_key="raw_observations", passed=batch.unplaceable.empty,
+        severity=dg.AssetCheckSeverity.WARN, metadata=metadata, description=PLACEMENT_DESCRIPTION)
 
 
 @dg.asset(
@@ -160,6 +248,9 @@ def raw_observations(context: dg.AssetExecutionContext, source: ObservationSourc
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="ingestion",
     kinds={"pandas", "parquet"},
+    # With a code version, a week's data version is derived from its raw week's content version:
+    # re-ingesting identical rows leaves everything downstream fresh.
+    code_version=FEATURES_CODE_VERSION,
     description="Cleaned rows with colour indices and redshift: the feature store for training, "
     "batch prediction and serving. Survey bookkeeping (IDs, plate, MJD, fibre, position) is not a feature.",
 )

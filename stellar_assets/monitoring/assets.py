@@ -42,6 +42,7 @@ from stellar_assets.monitoring.resources import (  # noqa: E402
 )
 from stellar_assets.monitoring.serving_metrics import parse_metrics, week_figures  # noqa: E402
 from stellar_assets.partitions import observation_weeks  # noqa: E402
+from stellar_assets.resources.io_managers import ROW_COUNT_FIELD  # noqa: E402
 from stellar_assets.training.resources import ensure_experiment  # noqa: E402
 
 MAX_TRAILING_WEEKS = 4  # the drift window mapping; DriftSettings.trailing_weeks may only lower it
@@ -291,6 +292,7 @@ def _check_results(reports: dict[str, dict]) -> list[dg.AssetCheckResult]:
                                        metadata={"allow_missing_partitions": True}),
     },
     required_resource_keys={"model_registry", "drift_settings", "io_manager"},
+    metadata={ROW_COUNT_FIELD: "rows_current"},  # a re-run never replaces a report with one on fewer rows
     check_specs=[dg.AssetCheckSpec(name, asset="drift_report", description=text, blocking=False)
                  for name, text in CHECK_DESCRIPTIONS.items()],
     description="Week W (or W and up to 3 earlier weeks when W alone has too few rows) against the champion's "

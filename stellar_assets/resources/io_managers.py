@@ -18,12 +18,66 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 
+# The run tag with which a user says "this run may store fewer rows in a week than it holds".
+ALLOW_SHRINK_TAG = "stellar/allow-shrink"
+# Asset metadata naming the field of a JSON partition that counts its rows (for the shrink rule).
+ROW_COUNT_FIELD = "stellar/row_count_field"
+
+
 class StorageError(RuntimeError):
     pass
+
+
+def shrink_allowed(run_tags: dict[str, str]) -> bool:
+    return str(run_tags.get(ALLOW_SHRINK_TAG, "")).strip().lower() in ("1", "true", "yes")
+
+
+def refuse_shrinking(what: str, shrinking: dict[str, tuple[int, int]], run_tags: dict[str, str], log) -> None:
+    """The one rule for every weekly store: a week may lose rows only when the run opted in.
+
+    `shrinking` maps week -> (rows stored, rows the run would store) for the weeks that would shrink."""
+    if not shrinking:
+        return
+    if shrink_allowed(run_tags):
+        log.warning("%s: %d stored week(s) replaced with fewer rows, as the run's %s tag allows: %s",
+                    what, len(shrinking), ALLOW_SHRINK_TAG, _shrink_list(shrinking))
+        return
+    raise StorageError(
+        f"{what}: refusing to replace {len(shrinking)} stored week(s) with fewer rows "
+        f"({_shrink_list(shrinking)}); nothing was written. If the smaller data is right, run again "
+        f"with the run tag {ALLOW_SHRINK_TAG}=true (stellar ingest --allow-shrink)."
+    )
+
+
+def _run_tags(context: dg.OutputContext) -> dict[str, str]:
+    try:
+        return dict(context.step_context.run_tags)
+    except dg.DagsterInvariantViolationError:  # an output context built outside a run
+        return {}
+
+
+def _relpath(asset_key: dg.AssetKey, partition_key: str | None, suffix: str) -> str:
+    key_path = "/".join(asset_key.path)
+    return f"{key_path}/{partition_key}{suffix}" if partition_key else f"{key_path}{suffix}"
+
+
+def _row_count(value: Any, field: str | None) -> int | None:
+    if isinstance(value, pd.DataFrame):
+        return len(value)
+    if field and isinstance(value, dict) and isinstance(value.get(field), int):
+        return value[field]
+    return None
+
+
+def _shrink_list(shrinking: dict[str, tuple[int, int]], limit: int = 10) -> str:
+    items = [f"{key}: {stored} -> {new} rows" for key, (stored, new) in list(shrinking.items())[:limit]]
+    more = f", and {len(shrinking) - limit} more" if len(shrinking) > limit else ""
+    return ", ".join(items) + more
 
 
 class _PartitionedStore:
@@ -43,8 +97,23 @@ class _PartitionedStore:
 
     @staticmethod
     def _relpath(context, partition_key: str | None, suffix: str) -> str:
-        key_path = "/".join(context.asset_key.path)
-        return f"{key_path}/{partition_key}{suffix}" if partition_key else f"{key_path}{suffix}"
+        return _relpath(context.asset_key, partition_key, suffix)
+
+    # ---- reading what is stored, outside a run's inputs (ingestion compares against it)
+    def stored(self, asset_key: dg.AssetKey, partition_key: str | None = None, default: Any = None) -> Any:
+        """The stored value of one partition (a DataFrame or a JSON value), `default` if never stored."""
+        for suffix, decode in ((".parquet", _decode_parquet), (".json", _decode_json)):
+            relpath = _relpath(asset_key, partition_key, suffix)
+            if self._exists(relpath):
+                return decode(self._read(relpath))
+        return default
+
+    def stored_rows(self, asset_key: dg.AssetKey, partition_key: str) -> int | None:
+        """Rows of a stored table partition (from the Parquet footer), None when none is stored."""
+        relpath = _relpath(asset_key, partition_key, ".parquet")
+        if not self._exists(relpath):
+            return None
+        return pq.ParquetFile(io.BytesIO(self._read(relpath))).metadata.num_rows
 
     # ---- Dagster IO manager protocol
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
@@ -57,6 +126,7 @@ class _PartitionedStore:
                     f"{context.asset_key.to_user_string()}: a run over {len(keys)} partitions must return "
                     f"a dict keyed by exactly those partition keys"
                 )
+            self._refuse_shrinking(context, obj)
             # Serialise everything first, then write: a bad value fails before any file changes.
             encoded = {key: self._encode(obj[key]) for key in keys}
             for key in keys:
@@ -65,10 +135,29 @@ class _PartitionedStore:
             context.add_output_metadata({"storage": dg.MetadataValue.text(self._location(self._relpath(context, None, "/")))})
             return
         key = context.asset_partition_key if context.has_asset_partitions else None
+        if key is not None:
+            self._refuse_shrinking(context, {key: obj})
         suffix, data = self._encode(obj)
         relpath = self._relpath(context, key, suffix)
         self._write(relpath, data)
         context.add_output_metadata({"storage": dg.MetadataValue.path(self._location(relpath))})
+
+    def _refuse_shrinking(self, context: dg.OutputContext, values: dict[str, Any]) -> None:
+        """Never replace a stored week with fewer rows, unless the run opted in.
+
+        Tables count their rows; a JSON partition counts the field its asset names
+        in the definition metadata ROW_COUNT_FIELD (e.g. a drift report's rows tested)."""
+        field = (context.definition_metadata or {}).get(ROW_COUNT_FIELD)
+        shrinking = {}
+        for key, value in values.items():
+            new = _row_count(value, field)
+            if new is None:
+                continue
+            stored = self.stored_rows(context.asset_key, key) if isinstance(value, pd.DataFrame) \
+                else _row_count(self.stored(context.asset_key, key), field)
+            if stored is not None and new < stored:
+                shrinking[key] = (stored, new)
+        refuse_shrinking(context.asset_key.to_user_string(), shrinking, _run_tags(context), context.log)
 
     def load_input(self, context: dg.InputContext) -> Any:
         if context.has_asset_partitions:
@@ -102,11 +191,7 @@ class _PartitionedStore:
         return value
 
     def _load_one(self, context, partition_key: str | None):
-        for suffix, decode in ((".parquet", _decode_parquet), (".json", _decode_json)):
-            relpath = self._relpath(context, partition_key, suffix)
-            if self._exists(relpath):
-                return decode(self._read(relpath))
-        return _MISSING
+        return self.stored(context.asset_key, partition_key, default=_MISSING)
 
     @staticmethod
     def _encode(obj: Any) -> tuple[str, bytes]:

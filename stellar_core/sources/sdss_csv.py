@@ -46,6 +46,7 @@ def parse_sdss_csv(data: bytes, location: str = "<bytes>") -> pd.DataFrame:
             raise SourceError(
                 f"{location} is a truncated or corrupt gzip file ({exc}); download it again"
             ) from exc
+    _require_utf8(data, location)
     try:
         frame = pd.read_csv(io.BytesIO(data), low_memory=False)
     except pd.errors.EmptyDataError as exc:
@@ -61,10 +62,17 @@ def parse_sdss_csv(data: bytes, location: str = "<bytes>") -> pd.DataFrame:
     if mjd.isna().any():
         bad = frame.loc[mjd.isna(), MJD_COLUMN].head(3).tolist()
         raise SourceError(f"{location}: {int(mjd.isna().sum())} rows have no numeric {MJD_COLUMN} (e.g. {bad})")
-    frame[MJD_COLUMN] = mjd.astype("int64")
+    # Whole, finite and inside the survey is for placement to judge (stellar_core.sources.placement).
+    frame[MJD_COLUMN] = mjd
     return frame
 
 
-def rows_in_mjd_range(frame: pd.DataFrame, first_mjd: int, last_mjd: int) -> pd.DataFrame:
-    mjd = frame[MJD_COLUMN]
-    return frame.loc[(mjd >= first_mjd) & (mjd <= last_mjd)].reset_index(drop=True)
+def _require_utf8(data: bytes, location: str) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SourceError(
+            f"{location} is not UTF-8 text: byte {data[exc.start:exc.start + 1]!r} at offset {exc.start} "
+            f"(line {line}); save the file as UTF-8 CSV"
+        ) from exc

@@ -109,11 +109,19 @@ def simulate_week(week: str, *, rows_mean: float = 30.0, drift: Drift = Drift(),
         "u": mags[:, 0], "g": mags[:, 1], "r": mags[:, 2], "i": mags[:, 3], "z": mags[:, 4],
         "run_ID": rng.integers(109, 8163, n), "rerun_ID": 301,
         "cam_col": rng.integers(1, 7, n), "field_ID": rng.integers(11, 978, n),
-        "spec_obj_ID": np.uint64(9_000_000_000_000_000_000) + np.uint64(week_index) * np.uint64(10_000) + serial,
+        "spec_obj_ID": _spec_obj_ids(plate, fiber, mjd),
         "class": labels, "redshift": redshift,
         "plate": plate, "MJD": mjd.astype(np.int64), "fiber_ID": fiber,
     })
     return frame.loc[:, list(SDSS17_COLUMNS)]
+
+
+def _spec_obj_ids(plate: np.ndarray, fiber: np.ndarray, mjd: np.ndarray) -> np.ndarray:
+    """spec_obj_ID packed as SDSS packs it (plate, fibre, MJD - 50000, run2d 26), so the
+    quality suite's ID checks hold for simulated rows as they do for real ones."""
+    plate, fiber, mjd = (np.asarray(a, dtype=np.uint64) for a in (plate, fiber, mjd))
+    return ((plate << np.uint64(50)) | (fiber << np.uint64(38)) | ((mjd - np.uint64(50000)) << np.uint64(24))
+            | (np.uint64(26) << np.uint64(10)))
 
 
 def simulate_weeks(weeks: list[str], **kwargs) -> pd.DataFrame:
