@@ -54,7 +54,7 @@ SERVED_SERVICES = (CLASSIFIER_SERVICE, INFERENCE_SERVICE)
 # Generic tools must reach these without credentials.
 OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)
 ADMIN_METHODS = (f"/{CLASSIFIER_SERVICE}/ReloadModel",)
-RELOAD_CALL_THREADS = 2  # ReloadModel calls share one reload; more threads would only wait
+RELOAD_CALL_THREADS = 16  # ReloadModel calls only wait for the one shared reload: waiting threads are cheap
 
 
 # -- interceptors ---------------------------------------------------------------------
@@ -65,7 +65,7 @@ class _Undecodable:
 
     __slots__ = ("error",)
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: str) -> None:
         self.error = error
 
 
@@ -73,9 +73,10 @@ def _tolerant(deserializer):
     """`deserializer` that returns _Undecodable instead of raising.
 
     gRPC answers a deserializer's exception itself (INTERNAL), and on that path
-    the call never gives back its HTTP/2 stream: 256 bad requests froze the
+    the call never gave back its HTTP/2 stream: 256 bad requests froze the
     server. Returning a value lets the handler answer INVALID_ARGUMENT the
-    ordinary way."""
+    ordinary way. Only the error's text is kept: the exception's traceback
+    holds the call, and a call that stays referenced keeps its stream."""
     if deserializer is None:
         return None
 
@@ -83,7 +84,7 @@ def _tolerant(deserializer):
         try:
             return deserializer(data)
         except Exception as exc:  # protobuf raises DecodeError, but any failure is the request's fault
-            return _Undecodable(exc)
+            return _Undecodable(f"{type(exc).__name__}: {bounded(str(exc), 200)}")
 
     return deserialize
 
@@ -97,9 +98,7 @@ _IGNORED = object()  # a refused call's request: never parsed
 
 def _refuse_undecodable(request, context, method: str) -> None:
     if isinstance(request, _Undecodable):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                      f"request is not a valid {method} message: {type(request.error).__name__}: "
-                      f"{bounded(str(request.error), 200)}")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {method} message: {request.error}")
 
 
 def _decoded(requests, context, method: str):
@@ -411,6 +410,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                 else:
                     code, details = status(context, exc)
                     record(method, code, time.perf_counter() - start, context, details)
+                exc = None  # see _wrap_unary
 
         return streaming
 
@@ -436,6 +436,10 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                     track(-1)
                 code, details = status(context, exc)
                 record(method, code, time.perf_counter() - start, context, details)
+                # The exception's traceback holds this frame and the frame held the
+                # exception: a cycle that kept the call, and its HTTP/2 stream, until a
+                # garbage collection. Enough failed calls and the server refused all.
+                exc = None
 
         return unary
 
