@@ -272,16 +272,21 @@ def _stream_predictions(args, source, writer) -> tuple[Counter, set[str]]:
 
     counts: Counter = Counter()
     versions: set[str] = set()
-    writer.writerow(PREDICTION_COLUMNS)
+    header_written = False  # on stdout, only once the server answers: a failed connection prints nothing
     with _client(args) as client, tqdm(total=_row_count(args.csv), unit="obj", disable=args.no_progress,
                                        file=sys.stderr) as bar:
         for results in client.classify_stream(source, chunk_size=args.chunk_size, timeout=None):
+            if not header_written:
+                writer.writerow(PREDICTION_COLUMNS)
+                header_written = True
             for r in results:
                 writer.writerow([r.client_id, r.predicted_class,
                                  *[f"{r.probabilities.get(c, 0.0):.6g}" for c in CLASSES], r.model_version])
                 counts[r.predicted_class] += 1
                 versions.add(r.model_version)
             bar.update(len(results))
+    if not header_written:  # every row skipped: the header alone
+        writer.writerow(PREDICTION_COLUMNS)
     return counts, versions
 
 

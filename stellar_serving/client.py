@@ -7,6 +7,8 @@
             ...
 
 Errors come back as grpc.RpcError (code() and details() say what was wrong).
+CsvObjects reads a CSV file (plain or gzip) for ClassifyStream, checking each
+row with the server's own validation first, so a bad row is named by its line.
 """
 
 from __future__ import annotations

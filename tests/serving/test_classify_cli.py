@@ -151,6 +151,9 @@ def test_unreachable_server_is_one_error_line(capsys, folder, nowhere, sample_in
     assert code == 2
     assert one_error_line(err).startswith("error: UNAVAILABLE: ")
     assert not (folder / "p.csv").exists()
+    code, out, err = run(capsys, "--target", nowhere, "--csv", str(path))
+    assert (code, out) == (2, "")  # not even the header on stdout
+    assert one_error_line(err).startswith("error: UNAVAILABLE: ")
 
 
 # --- invalid rows: fail (the default) or skip ----------------------------------------------------
