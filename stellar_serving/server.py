@@ -45,6 +45,7 @@ from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelStore
 from stellar_serving.servicers import ClassifierServicer, InferenceServicer
+from stellar_serving.validation import bounded
 
 log = logging.getLogger("stellar_serving.server")
 
@@ -105,13 +106,6 @@ def _decoded(requests, context, method: str):
     for request in requests:
         _refuse_undecodable(request, context, method)
         yield request
-
-
-def bounded(text: str, limit: int = 1000) -> str:
-    """`text`, cut to `limit` characters with the length said: for anything a client sent that is echoed."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}…({len(text)} chars)"
 
 
 def _abort_handler(code: grpc.StatusCode, details: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

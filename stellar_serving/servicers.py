@@ -27,7 +27,8 @@ from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, NoChampion, RegistryUnavailable
-from stellar_serving.validation import COLOUR_TOLERANCE, InvalidInput, features_to_inputs, objects_to_inputs
+from stellar_serving.validation import (COLOUR_TOLERANCE, InvalidInput, bounded, features_to_inputs,
+                                        objects_to_inputs)
 
 log = logging.getLogger("stellar_serving.servicers")
 
@@ -36,6 +37,11 @@ INPUT_TENSOR = "input__0"
 PROBA_TENSOR = "output__0"
 CLASS_TENSOR = "output__1"
 N_FEATURES = len(FEATURE_NAMES)
+ECHO_LIMIT = 100  # characters of a client's value that an error message repeats
+
+
+def _echo(value) -> str:
+    return bounded(value if isinstance(value, str) else repr(value), ECHO_LIMIT)
 
 
 def _current(store: ModelStore, context: grpc.ServicerContext) -> LoadedModel:
@@ -199,14 +205,14 @@ class InferenceServicer(_Predicting, v2_grpc.GRPCInferenceServiceServicer):
     def _check_name(self, name: str, context) -> None:
         if name != self.config.model_name:
             context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"unknown model {name!r}; this server serves {self.config.model_name!r}")
+                          f"unknown model {_echo(repr(name))}; this server serves {self.config.model_name!r}")
 
     def _model_for(self, name: str, version: str, context) -> LoadedModel:
         self._check_name(name, context)
         model = _current(self.store, context)
         if version and version != model.version:
             context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"model {name!r} version {version!r} is not being served; "
+                          f"model {name!r} version {_echo(repr(version))} is not being served; "
                           f"current version is {model.version!r} (leave the version empty to use it)")
         return model
 
@@ -244,7 +250,7 @@ class InferenceServicer(_Predicting, v2_grpc.GRPCInferenceServiceServicer):
         unknown = [name for name in requested if name not in (PROBA_TENSOR, CLASS_TENSOR)]
         if unknown:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"unknown output tensor(s) {unknown}; outputs are {PROBA_TENSOR!r} and {CLASS_TENSOR!r}")
+                          f"unknown output tensor(s) {_echo(unknown)}; outputs are {PROBA_TENSOR!r} and {CLASS_TENSOR!r}")
         try:
             inputs = features_to_inputs(matrix, self.config.max_batch_size)
         except InvalidInput as exc:
@@ -270,14 +276,14 @@ def _input_matrix(request, context) -> np.ndarray:
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT_TENSOR:
         names = [t.name for t in request.inputs]
         abort(grpc.StatusCode.INVALID_ARGUMENT,
-              f"expected exactly one input tensor {INPUT_TENSOR!r} (FP32 [n, {N_FEATURES}]), got {names}")
+              f"expected exactly one input tensor {INPUT_TENSOR!r} (FP32 [n, {N_FEATURES}]), got {_echo(names)}")
     tensor = request.inputs[0]
     if tensor.datatype != "FP32":
-        abort(grpc.StatusCode.INVALID_ARGUMENT, f"{INPUT_TENSOR} has datatype {tensor.datatype or '(none)'}; expected FP32")
+        abort(grpc.StatusCode.INVALID_ARGUMENT, f"{INPUT_TENSOR} has datatype {_echo(tensor.datatype) or '(none)'}; expected FP32")
     shape = list(tensor.shape)
     if len(shape) != 2 or shape[1] != N_FEATURES or shape[0] < 0:
         abort(grpc.StatusCode.INVALID_ARGUMENT,
-              f"{INPUT_TENSOR} has shape {shape}; expected [n, {N_FEATURES}] with columns {', '.join(FEATURE_NAMES)}")
+              f"{INPUT_TENSOR} has shape {_echo(shape)}; expected [n, {N_FEATURES}] with columns {', '.join(FEATURE_NAMES)}")
     n_values = shape[0] * shape[1]
     if request.raw_input_contents:
         if tensor.HasField("contents"):

@@ -79,9 +79,15 @@ def _check_client_ids(objects: Sequence, max_client_id: int, what: str) -> None:
 
 def echo(client_id: str) -> str:
     """`client_id` as error messages and logs repeat it: cut to ECHOED_CLIENT_ID characters."""
-    if len(client_id) <= ECHOED_CLIENT_ID:
-        return client_id
-    return f"{client_id[:ECHOED_CLIENT_ID]}…({len(client_id)} chars)"
+    return bounded(client_id, ECHOED_CLIENT_ID)
+
+
+def bounded(text: str, limit: int = 1000) -> str:
+    """`text` cut to `limit` characters, saying how long it was: for anything a client sent
+    that a message or log repeats (gRPC refuses status details over its metadata limit)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…({len(text)} chars)"
 
 
 def _plainly_valid_rows(objects: Sequence) -> list[tuple[float, ...]] | None:

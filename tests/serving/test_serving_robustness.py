@@ -237,6 +237,23 @@ def test_long_client_ids_are_refused_or_cut_in_messages_and_logs(make_server, re
     assert len(records) == 2 and all(len(r.getMessage()) < 300 for r in records)
 
 
+def test_long_names_in_v2_requests_are_cut_in_messages(make_server, registry):
+    from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
+    from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+
+    registry.set_champion("1")
+    server = make_server()
+    stub = v2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    code, details = _outcome(lambda: stub.ModelInfer(v2.ModelInferRequest(model_name="m" * 20_000), timeout=5))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert details == f"unknown model '{'m' * 99}…(20002 chars); this server serves {DEFAULT_MODEL_NAME!r}"
+    wide = v2.ModelInferRequest(model_name=DEFAULT_MODEL_NAME, inputs=[v2.ModelInferRequest.InferInputTensor(
+        name="input__0", datatype="FP32", shape=[1] * 5000)])
+    code, details = _outcome(lambda: stub.ModelInfer(wide, timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("input__0 has shape [1, 1, ") and "…(15000 chars); expected [n, 13]" in details
+
+
 # -- 6: cancellations -------------------------------------------------------------------------
 
 
