@@ -17,6 +17,7 @@ SERVING_COMMANDS = ("serve", "classify", "model-info", "reload")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the main job: replay a range of weeks (ingest, predict, drift, "
                           "retrain, promote), then serve the final champion")
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("STELLAR_MODEL_CACHE_DIR", str(project_home() / "model-cache"))
 
         return serving_main(argv)
+    if argv[:1] == ["--version"]:
+        from stellar_serving.cli import version_text
+
+        print(version_text())
+        return 0
     args = parser.parse_args(argv)
     if args.command == "demo":
         from stellar_assets.demo import run_demo

@@ -32,13 +32,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STELLAR_HOME", (HOME, CODE), ".stellar", "project home of the embedded set-up (data, MLflow store)"),
     Setting("DAGSTER_HOME", (HOME, INSTANCE), ".stellar/dagster", "folder holding the instance's dagster.yaml"),
     Setting("MLFLOW_TRACKING_URI", (CODE, SERVING), "sqlite:///$STELLAR_HOME/mlflow/mlflow.db",
-            "MLflow tracking and registry (http://mlflow:5000 in the stack)"),
+            "MLflow tracking and registry (http://mlflow:5000 in the stack); credentials belong in "
+            "MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, not in the URI", secret=True),
     Setting("STELLAR_MLFLOW_ARTIFACT_ROOT", (CODE,), "file://$STELLAR_HOME/mlflow/artifacts",
             "artifact root of new experiments (mlflow-artifacts:/ behind an MLflow server)"),
     Setting("STELLAR_MLFLOW_UI_URL", (CODE,), "http://127.0.0.1:5000", "MLflow UI base URL for links in metadata"),
     # sources and storage (stellar_assets/resources)
     Setting("STELLAR_SOURCE", (CODE, HOME), "auto", "sdss_csv | skyserver | simulator | auto"),
     Setting("STELLAR_SDSS_CSV", (CODE, HOME), None, "SDSS17 CSV: local path or s3:// URL"),
+    Setting("STELLAR_SDSS_CSV_FIRST_WEEK", (CODE,), "week of the file's earliest MJD",
+            "first week the CSV covers (an empty week inside the span is really empty)"),
+    Setting("STELLAR_SDSS_CSV_LAST_WEEK", (CODE,), "week of the file's latest MJD", "last week the CSV covers"),
     Setting("STELLAR_SKYSERVER_URL", (CODE,), "DR17 SqlSearch", "SkyServer SQL search endpoint"),
     Setting("STELLAR_S3_BUCKET", (CODE,), None, "bucket of asset data (unset: local Parquet under STELLAR_HOME)"),
     Setting("STELLAR_S3_PREFIX", (CODE,), "stellar", "key prefix of asset data in the bucket"),
@@ -58,6 +62,8 @@ SETTINGS: tuple[Setting, ...] = (
             "predictions database (SQLAlchemy URL; postgresql+psycopg2://... in the stack)", secret=True),
     Setting("STELLAR_SERVING_TARGET", (CODE,), "127.0.0.1:50051", "prediction server the monitoring asks"),
     Setting("STELLAR_SERVING_METRICS_URL", (CODE,), "http://127.0.0.1:9464/metrics", "its Prometheus endpoint"),
+    Setting("STELLAR_AUTH_TOKEN", (CODE, SERVING), None,
+            "bearer token of the prediction server; the code location sends it with ReloadModel", secret=True),
     Setting("STELLAR_RETRAIN_COOLDOWN_WEEKS", (CODE,), "see stellar_assets/monitoring/sensors.py",
             "weeks between drift-triggered retrainings"),
     # replay (stellar_assets/replay.py): weeks replayed against the prediction server

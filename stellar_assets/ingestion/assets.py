@@ -14,7 +14,7 @@ import pandas as pd
 
 from stellar_core.contract import LABEL_COLUMN, MJD_COLUMN, OBJECT_ID_COLUMN
 from stellar_core.features import FEATURE_NAMES, FEATURES_CODE_VERSION, build_features
-from stellar_core.quality import QualityReport, validate_observations
+from stellar_core.quality import PACKING_EXPECTATION, PRECISION_EXPECTATION, QualityReport, validate_observations
 from stellar_core.sources import SourceError
 from stellar_core.week_changes import WeekChange, compare_week, content_version
 from stellar_core.weeks import week_keys_for_mjds
@@ -30,6 +30,7 @@ QUALITY_CHECKS: dict[str, tuple[str, ...]] = {
     "redshift_range": ("expect_column_values_to_be_between:redshift",),
     "unique_spec_obj_id": ("expect_column_values_to_be_unique",),
     "null_share": ("expect_column_values_to_not_be_null",),
+    "id_precision": (PRECISION_EXPECTATION, PACKING_EXPECTATION),
 }
 PLACEMENT_CHECK = "rows_in_survey_weeks"
 PLACEMENT_DESCRIPTION = ("Every row's MJD lies in a survey week. Rows that cannot be placed are counted and named "
@@ -37,10 +38,14 @@ PLACEMENT_DESCRIPTION = ("Every row's MJD lies in a survey week. Rows that canno
 CHECK_DESCRIPTIONS = {
     "schema": "All 18 SDSS17 columns are present and numeric where they must be.",
     "class_labels": "class is one of STAR, GALAXY, QSO.",
-    "magnitude_range": "u, g, r, i, z lie in [5, 40] for at least 99% of measured rows (-9999 means no measurement: passed on, dropped and counted by features).",
-    "redshift_range": "redshift lies in [-0.1, 10] for at least 99% of rows.",
+    "magnitude_range": "u, g, r, i, z lie in [5, 40] for at least 99% of measured rows, in the batch and in every "
+    "week (-9999 means no measurement: passed on, dropped and counted by features).",
+    "redshift_range": "redshift lies in [-0.1, 10] for at least 99% of rows, in the batch and in every week.",
     "unique_spec_obj_id": "spec_obj_ID is unique: one row per spectrum (a spreadsheet round trip breaks this).",
-    "null_share": "At most 1% missing values in magnitudes, redshift, class and spec_obj_ID.",
+    "null_share": "At most 1% missing values in magnitudes, redshift and class, in the batch and in every "
+    "week; spec_obj_ID is never missing.",
+    "id_precision": "obj_ID and spec_obj_ID carry the precision the source format carries (not rounded by a "
+    "spreadsheet), and each spec_obj_ID encodes its row's plate, fibre and MJD as SDSS packs them.",
 }
 
 
@@ -77,10 +82,10 @@ def quality_check_results(report: QualityReport) -> list[dg.AssetCheckResult]:
 
 
 def _failures_markdown(failed) -> str:
-    lines = ["| expectation | column | rows | examples | why |", "|---|---|---|---|---|"]
+    lines = ["| expectation | column | week | rows | examples | why |", "|---|---|---|---|---|---|"]
     for o in failed:
         examples = ", ".join(str(e) for e in o.examples[:5])
-        lines.append(f"| {o.name} | {o.column} | {o.unexpected_count} | {examples} | {o.explanation} |")
+        lines.append(f"| {o.name} | {o.column} | {o.week or 'all'} | {o.unexpected_count} | {examples} | {o.explanation} |")
     return "\n".join(lines)
 
 

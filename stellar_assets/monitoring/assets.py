@@ -150,7 +150,8 @@ def batch_predictions(context: dg.AssetExecutionContext, observation_features: p
         })
         per_week[week] = frame
     everything = pd.concat(list(per_week.values()), ignore_index=True)
-    stored = context.resources.predictions_db.replace_weeks(everything, keys, context.run_id)
+    stored = context.resources.predictions_db.replace_weeks(everything, keys, context.run_id,
+                                                            run_tags=context.run.tags, log=context.log)
     context.log.info("%d predictions for %d week(s) stored in table %s (weeks replaced, not appended)",
                      stored, len(keys), PREDICTIONS_TABLE)
     for week, frame in per_week.items():

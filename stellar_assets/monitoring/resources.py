@@ -11,6 +11,7 @@ their values (see stellar_assets.resources.env_var_or).
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -25,6 +26,9 @@ from stellar_core.contract import CLASSES
 from stellar_core.drift import DriftThresholds
 from stellar_core.home import mlflow_artifact_root, project_home
 from stellar_assets.resources import env_var_or
+from stellar_assets.resources.io_managers import refuse_shrinking
+
+_log = logging.getLogger(__name__)
 
 PREDICTIONS_TABLE = "batch_predictions"
 SNAPSHOTS_TABLE = "serving_snapshots"
@@ -68,8 +72,11 @@ class PredictionsDatabase(dg.ConfigurableResource):
         _metadata.create_all(engine)
         return engine
 
-    def replace_weeks(self, frame: pd.DataFrame, weeks: list[str], run_id: str) -> int:
-        """Replace every stored row of `weeks` with `frame`'s rows, in one transaction."""
+    def replace_weeks(self, frame: pd.DataFrame, weeks: list[str], run_id: str,
+                      run_tags: dict[str, str] | None = None, log=None) -> int:
+        """Replace every stored row of `weeks` with `frame`'s rows, in one transaction.
+
+        A week never loses rows unless the run's tags opt in (the rule of every weekly store)."""
         missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f"predictions lack columns {missing}")
@@ -84,14 +91,28 @@ class PredictionsDatabase(dg.ConfigurableResource):
         for record in records:
             record["dagster_run_id"] = run_id
             record["mjd"] = int(record["mjd"])
+        new_counts = frame.groupby("week").size()
         engine = self.engine()
         with engine.begin() as conn:
+            stored = self._stored_counts(conn, weeks)
+            shrinking = {w: (n, int(new_counts.get(w, 0))) for w, n in stored.items() if new_counts.get(w, 0) < n}
+            refuse_shrinking(f"table {PREDICTIONS_TABLE}", shrinking, run_tags or {}, log or _log)
             for start in range(0, len(weeks), 500):
                 conn.execute(predictions_table.delete().where(predictions_table.c.week.in_(weeks[start:start + 500])))
             if records:
                 conn.execute(predictions_table.insert(), records)
         engine.dispose()
         return len(records)
+
+    @staticmethod
+    def _stored_counts(conn, weeks: list[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for start in range(0, len(weeks), 500):
+            query = (sa.select(predictions_table.c.week, sa.func.count())
+                     .where(predictions_table.c.week.in_(weeks[start:start + 500]))
+                     .group_by(predictions_table.c.week))
+            counts.update({week: int(n) for week, n in conn.execute(query)})
+        return counts
 
     def read_weeks(self, weeks: list[str] | None = None) -> pd.DataFrame:
         engine = self.engine()

@@ -24,6 +24,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 FIRST, LAST = "2012-01-01", "2012-12-30"  # 53 weeks, 1,000+ real rows
 RAW = dg.AssetKey("raw_observations")
+FEATURES = dg.AssetKey("observation_features")
 
 
 def ingest(csv: Path, store: Path, first: str = FIRST, last: str = LAST, tags: dict | None = None, **source):
@@ -176,24 +177,28 @@ def test_changes_are_reported_per_week_and_versions_follow_content(stored, tmp_p
     weeks = week_keys_for_mjds(sample["MJD"].to_numpy())
     week = sorted(k for k in set(weeks) if FIRST <= k <= LAST)[5]
 
-    def version_of(result) -> tuple[str, dict]:
-        [m] = result.asset_materializations_for_node("raw_observations")
+    def version_of(result, asset: dg.AssetKey = RAW) -> tuple[str, dict]:
         event = next(e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
-                     and e.event_specific_data.materialization.asset_key == RAW)
-        return event.event_specific_data.materialization.tags["dagster/data_version"], m.metadata
+                     and e.event_specific_data.materialization.asset_key == asset)
+        materialization = event.event_specific_data.materialization
+        return materialization.tags["dagster/data_version"], materialization.metadata
 
-    same_version, same = version_of(ingest(sdss_sample_path, store, first=week, last=week))
+    first_run = ingest(sdss_sample_path, store, first=week, last=week)
+    same_version, same = version_of(first_run)
     assert same["change_status"].value == "unchanged"
-    again_version, _ = version_of(ingest(sdss_sample_path, store, first=week, last=week))
-    assert again_version == same_version  # identical rows: downstream stays fresh
+    again = ingest(sdss_sample_path, store, first=week, last=week)
+    assert version_of(again)[0] == same_version  # identical rows: downstream stays fresh
+    assert version_of(again, FEATURES)[0] == version_of(first_run, FEATURES)[0]
 
     edited = sample.copy()
     target = edited.index[weeks == week][0]
     edited.loc[target, "u"] = edited.loc[target, "u"] + 0.5
-    new_version, changed = version_of(ingest(write_csv(edited, tmp_path / "edited.csv"), store, first=week, last=week))
+    edited_run = ingest(write_csv(edited, tmp_path / "edited.csv"), store, first=week, last=week)
+    new_version, changed = version_of(edited_run)
     assert changed["change_status"].value == "changed" and changed["rows_changed"].value == 1
     assert changed["rows_added"].value == 0 and changed["rows_removed"].value == 0
     assert new_version != same_version
+    assert version_of(edited_run, FEATURES)[0] != version_of(first_run, FEATURES)[0]
 
 
 def test_a_gzip_named_csv_and_declared_span(stored, tmp_path, sample):
@@ -204,3 +209,59 @@ def test_a_gzip_named_csv_and_declared_span(stored, tmp_path, sample):
     result = ingest(path, store, first="2015-01-04", last="2015-01-04", csv_first_week="2015-01-04")
     assert result.success, failure(result)
     assert files(store).items() >= before.items()
+
+
+def failed_checks(result) -> dict[str, object]:
+    return {e.event_specific_data.check_name: e.event_specific_data for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed}
+
+
+def week_rows(sample: pd.DataFrame, index: int) -> tuple[str, pd.DataFrame]:
+    weeks = week_keys_for_mjds(sample["MJD"].to_numpy())
+    week = sorted(k for k in set(weeks) if FIRST <= k <= LAST and (weeks == k).sum() >= 10)[index]
+    return week, sample.loc[weeks == week].copy()
+
+
+@pytest.mark.parametrize("digits", [10, 15])
+def test_ids_rounded_below_source_precision_fail_the_gate(stored, tmp_path, sample, digits):
+    store, before = stored
+    rounded = sample.copy()
+    for column in ("obj_ID", "spec_obj_ID"):
+        rounded[column] = rounded[column].map(lambda v: float(f"{v:.{digits - 1}e}"))
+    result = ingest(write_csv(rounded, tmp_path / f"rounded{digits}.csv"), store)
+    assert not result.success
+    assert "id_precision" in failed_checks(result)
+    assert files(store) == before
+
+
+def test_a_row_without_an_id_is_refused(stored, tmp_path, sample):
+    store, before = stored
+    week, rows = week_rows(sample, 3)
+    rows.iloc[0, rows.columns.get_loc("spec_obj_ID")] = None
+    result = ingest(write_csv(rows, tmp_path / "no_id.csv"), store, first=week, last=week)
+    assert not result.success
+    assert "null_share" in failed_checks(result)
+    assert files(store) == before
+
+
+def test_a_stored_spectrum_arriving_in_another_week_is_refused(stored, tmp_path, sample):
+    """The same spec_obj_ID with another MJD would land in a second week: its ID says where it belongs."""
+    store, before = stored
+    week, rows = week_rows(sample, 4)
+    moved = rows.head(1).assign(MJD=rows["MJD"].iloc[0] + 14)
+    result = ingest(write_csv(moved, tmp_path / "moved.csv"), store, csv_first_week=FIRST, csv_last_week=LAST)
+    assert not result.success
+    assert "id_precision" in failed_checks(result)
+    assert files(store) == before
+
+
+def test_a_week_of_unphysical_rows_fails_even_inside_a_good_batch(stored, tmp_path, sample):
+    store, before = stored
+    week, rows = week_rows(sample, 6)
+    broken = sample.copy()
+    broken.loc[rows.index, "u"] = 99.0  # every row of one week: well under 1% of the batch
+    result = ingest(write_csv(broken, tmp_path / "broken_week.csv"), store)
+    assert not result.success
+    check = failed_checks(result)["magnitude_range"]
+    assert week in str(check.metadata["failures"].value)
+    assert files(store) == before

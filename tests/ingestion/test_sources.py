@@ -11,6 +11,7 @@ from stellar_core.sources import SourceError
 from stellar_core.sources.sdss_csv import parse_sdss_csv, read_bytes
 from stellar_core.sources.skyserver import SkyServerClient
 from stellar_core.weeks import week_mjd_range
+from stellar_assets.partitions import survey_span
 from stellar_assets.resources.sources import ObservationSource
 from tests.ingestion.servers import SkyServerStub, moto_s3_server
 
@@ -60,11 +61,11 @@ def test_csv_from_s3_through_moto_server(monkeypatch, sdss_sample_path):
         s3.create_bucket(Bucket="sky")
         s3.put_object(Bucket="sky", Key="in/sdss17.csv.gz", Body=sdss_sample_path.read_bytes())
         source = ObservationSource(kind="sdss_csv", csv_path="s3://sky/in/sdss17.csv.gz", s3_endpoint_url=endpoint)
-        rows = source.fetch([BUSY_WEEK])
+        rows = source.fetch([BUSY_WEEK], survey_span()).rows
         first, last = week_mjd_range(BUSY_WEEK)
         assert len(rows) > 0 and rows["MJD"].between(first, last).all()
         with pytest.raises(SourceError, match="cannot read s3://sky/missing.csv"):
-            ObservationSource(kind="sdss_csv", csv_path="s3://sky/missing.csv", s3_endpoint_url=endpoint).fetch([BUSY_WEEK])
+            ObservationSource(kind="sdss_csv", csv_path="s3://sky/missing.csv", s3_endpoint_url=endpoint).fetch([BUSY_WEEK], survey_span())
 
 
 def test_skyserver_week_matches_the_csv(sdss_sample):

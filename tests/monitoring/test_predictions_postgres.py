@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from stellar_assets.monitoring.resources import PredictionsDatabase
+from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG, StorageError
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -59,8 +60,13 @@ def test_rematerializing_a_week_replaces_its_rows_on_postgres(postgres_url):
     database = PredictionsDatabase(url=postgres_url)
     database.replace_weeks(_predictions("2008-06-08", ["1", "2", "3"], "STAR", "1"), ["2008-06-08"], "run-a")
     database.replace_weeks(_predictions("2008-06-15", ["4"], "STAR", "1"), ["2008-06-15"], "run-b")
-    # The same week again, with one object fewer and a new model: replaced, other weeks untouched.
-    database.replace_weeks(_predictions("2008-06-08", ["1", "2"], "GALAXY", "2"), ["2008-06-08"], "run-c")
+    # The same week again with one object fewer: refused, unless the run opted in to shrinking.
+    with pytest.raises(StorageError, match=r"2008-06-08: 3 -> 2 rows"):
+        database.replace_weeks(_predictions("2008-06-08", ["1", "2"], "GALAXY", "2"), ["2008-06-08"], "run-c")
+    assert database.read_weeks().groupby("week").size().to_dict() == {"2008-06-08": 3, "2008-06-15": 1}
+    # Opted in, with a new model: replaced, other weeks untouched.
+    database.replace_weeks(_predictions("2008-06-08", ["1", "2"], "GALAXY", "2"), ["2008-06-08"], "run-c",
+                           run_tags={ALLOW_SHRINK_TAG: "true"})
     stored = database.read_weeks()
     assert stored.groupby("week").size().to_dict() == {"2008-06-08": 2, "2008-06-15": 1}
     week = stored[stored["week"] == "2008-06-08"]

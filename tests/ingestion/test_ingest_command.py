@@ -1,0 +1,62 @@
+"""`stellar ingest` as a user runs it: the weeks the source covers by default, shrinking only on request."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stellar_core.weeks import week_keys_for_mjds
+
+
+def stellar_ingest(home: Path, csv: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STELLAR_HOME": str(home), "STELLAR_SDSS_CSV": str(csv), "STELLAR_SOURCE": "sdss_csv"}
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.run([sys.executable, "-m", "stellar_assets.cli", "ingest", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def year_2012(sdss_sample_path, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    sample = pd.read_csv(sdss_sample_path)
+    weeks = week_keys_for_mjds(sample["MJD"].to_numpy())
+    rows = sample.loc[(weeks >= "2012-01-01") & (weeks <= "2012-03-25")]
+    path = tmp_path_factory.mktemp("csv") / "q1_2012.csv"
+    rows.to_csv(path, index=False)
+    return path, rows
+
+
+def test_ingest_defaults_to_the_weeks_the_source_covers_and_refuses_to_shrink(tmp_path, year_2012):
+    csv, rows = year_2012
+    weeks = sorted(set(week_keys_for_mjds(rows["MJD"].to_numpy())))
+    done = stellar_ingest(tmp_path, csv)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"the source covers {weeks[0]}..{weeks[-1]}" in done.stdout
+    assert f"{len(weeks)} new, 0 changed, 0 unchanged" in done.stdout or "new, 0 changed" in done.stdout
+    stored = sorted(p.stem for p in (tmp_path / "data" / "raw_observations").glob("*.parquet"))
+    assert stored[0] == weeks[0] and stored[-1] == weeks[-1]
+
+    smaller = tmp_path / "smaller.csv"
+    rows.iloc[: len(rows) // 2].to_csv(smaller, index=False)
+    first, last = weeks[0], weeks[-1]
+    refused = stellar_ingest(tmp_path, smaller, "--first-week", first, "--last-week", last)
+    assert refused.returncode == 1
+    assert "would lose rows" in refused.stdout and "--allow-shrink" in refused.stdout
+
+    allowed = stellar_ingest(tmp_path, smaller, "--first-week", first, "--last-week", last, "--allow-shrink")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "stored weeks may shrink" in allowed.stdout
+
+
+def test_ingest_of_a_header_only_file_stops_before_running(tmp_path, year_2012):
+    _, rows = year_2012
+    header = tmp_path / "header.csv"
+    rows.iloc[0:0].to_csv(header, index=False)
+    result = stellar_ingest(tmp_path, header)
+    assert result.returncode == 2
+    assert "covers no survey week" in result.stdout
+    assert not (tmp_path / "data" / "raw_observations").exists()
