@@ -168,12 +168,15 @@ def _service_of(method: str) -> str:
 
 
 class _OpenStream:
-    __slots__ = ("context", "last_active", "ended_idle")
+    """A call the watchdog watches: an open stream, or a unary call waiting for its message."""
 
-    def __init__(self, context) -> None:
+    __slots__ = ("context", "last_active", "ended_idle", "waits_for_request")
+
+    def __init__(self, context, waits_for_request: bool = False) -> None:
         self.context = context
         self.last_active = time.monotonic()
         self.ended_idle = False
+        self.waits_for_request = waits_for_request
 
 
 class StreamGuard:
@@ -184,7 +187,9 @@ class StreamGuard:
     checks timed out. Each group has its own slots, refused with
     RESOURCE_EXHAUSTED when full, and the server's pool has a thread for each
     slot on top of the unary workers. One watchdog thread ends streams that
-    neither received nor sent a message for `idle_seconds`.
+    neither received nor sent a message for `idle_seconds`, and unary calls
+    whose request message has not arrived after as long (a client that opens a
+    call and never sends held a thread for ever).
     """
 
     def __init__(self, limits: dict[str, tuple[int, str]], idle_seconds: float) -> None:
@@ -224,6 +229,16 @@ class StreamGuard:
                 self._leave(group, stream)
         return guarded_call
 
+    def first_message(self, requests, context):
+        """The request of a unary-request call (None if the call has none), awaited under the watchdog."""
+        waiting = _OpenStream(context, waits_for_request=True)
+        with self._lock:
+            self._open.add(waiting)
+        try:
+            return next(requests, None)
+        finally:
+            self._forget(waiting)
+
     def ended_idle(self, context) -> str | None:
         """The message this call was ended with if the watchdog ended it (asked once, after the call)."""
         if not self._idle_ended:
@@ -243,11 +258,14 @@ class StreamGuard:
         return stream
 
     def _leave(self, group: str, stream: _OpenStream) -> None:
-        with self._lock:
-            self._open.discard(stream)
-            if stream.ended_idle:
-                self._idle_ended[id(stream.context)] = self._idle_message()
+        self._forget(stream)
         self._slots[group].release()
+
+    def _forget(self, watched: _OpenStream) -> None:
+        with self._lock:
+            self._open.discard(watched)
+            if watched.ended_idle:
+                self._idle_ended[id(watched.context)] = self._idle_message(watched)
 
     @staticmethod
     def _received(requests, stream: _OpenStream):
@@ -255,7 +273,9 @@ class StreamGuard:
             stream.last_active = time.monotonic()
             yield request
 
-    def _idle_message(self) -> str:
+    def _idle_message(self, watched: _OpenStream) -> str:
+        if watched.waits_for_request:
+            return f"no request message arrived within {self._idle_seconds:g} s (STELLAR_STREAM_IDLE_SECONDS)"
         return (f"stream idle for {self._idle_seconds:g} s (STELLAR_STREAM_IDLE_SECONDS): "
                 "no message received or sent; open a new stream")
 
@@ -266,7 +286,7 @@ class StreamGuard:
                 idle = [s for s in self._open if s.last_active < cutoff and not s.ended_idle]
             for stream in idle:
                 stream.ended_idle = True
-                _end_call(stream.context, grpc.StatusCode.DEADLINE_EXCEEDED, self._idle_message())
+                _end_call(stream.context, grpc.StatusCode.DEADLINE_EXCEEDED, self._idle_message(stream))
 
 
 def _end_call(context, code: grpc.StatusCode, details: str) -> None:
@@ -285,7 +305,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
     """Counts, times and logs every call by method and final status code; answers
     undecodable requests; puts streams under the StreamGuard and some methods on their own threads."""
 
-    def __init__(self, metrics: ServerMetrics, streams: StreamGuard | None = None,
+    def __init__(self, metrics: ServerMetrics, streams: StreamGuard,
                  thread_pools: dict[str, futures.ThreadPoolExecutor] | None = None) -> None:
         self._metrics = metrics
         self._streams = streams
@@ -336,7 +356,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                                               "duration_ms": round(seconds * 1000, 3), "peer": context.peer()})
 
     def _status(self, context, exc: BaseException | None) -> tuple[str, str]:
-        idle = self._streams.ended_idle(context) if self._streams is not None else None
+        idle = self._streams.ended_idle(context)
         if idle is not None:
             return "DEADLINE_EXCEEDED", idle
         code = context.code()
@@ -353,43 +373,54 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         return code.name, details or ""
 
     def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        """`handler` with telemetry, under the StreamGuard, and always request-streaming: a unary
+        request is then read by our code, under the watchdog, instead of by gRPC before our code runs."""
         method = full_method.rsplit("/", 1)[-1]
         behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-        streaming = handler.request_streaming or handler.response_streaming
         served = _service_of(full_method) in SERVED_SERVICES
-        if streaming and self._streams is not None:
+        if handler.request_streaming or handler.response_streaming:
             group = "served" if served else "open"
             behaviour = self._streams.guarded(behaviour, group, method, handler.request_streaming,
                                               handler.response_streaming)
-        wrapped = (self._wrap_streaming(behaviour, method, handler.request_streaming, served)
-                   if handler.response_streaming else
-                   self._wrap_unary(behaviour, method, handler.request_streaming, served))
+        take = self._request_taker(method, reads_one=not handler.request_streaming)
+        if handler.response_streaming:
+            wrapped = self._wrap_streaming(behaviour, method, take, served)
+            factory = grpc.stream_stream_rpc_method_handler
+        else:
+            wrapped = self._wrap_unary(behaviour, method, take, served)
+            factory = grpc.stream_unary_rpc_method_handler
         pool = self._thread_pools.get(full_method)
         if pool is not None:
             wrapped.experimental_thread_pool = pool  # grpc runs the call on this pool
-        factory = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(handler.request_streaming, handler.response_streaming)]
         return factory(wrapped, _tolerant(handler.request_deserializer), handler.response_serializer)
 
-    def _wrap_streaming(self, behaviour, method: str, request_streaming: bool, served: bool):
+    def _request_taker(self, method: str, reads_one: bool):
+        """requests iterator -> what the behaviour takes: the one request, or the checked iterator."""
+        if not reads_one:
+            return lambda requests, context: _decoded(requests, context, method)
+        first_message = self._streams.first_message
+
+        def one(requests, context):
+            request = first_message(requests, context)
+            if request is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{method} takes exactly one request message; the call ended without one")
+            _refuse_undecodable(request, context, method)
+            return request
+
+        return one
+
+    def _wrap_streaming(self, behaviour, method: str, take, served: bool):
         record, status, track = self._record, self._status, self._track
 
-        def streaming(request, context):
+        def streaming(requests, context):
             start = time.perf_counter()
             exc = None
             cancelled = False
             if served:
                 track(1)
             try:
-                if request_streaming:
-                    request = _decoded(request, context, method)
-                else:
-                    _refuse_undecodable(request, context, method)
-                yield from behaviour(request, context)
+                yield from behaviour(take(requests, context), context)
             except GeneratorExit:  # the client cancelled or went away
                 cancelled = True
                 raise
@@ -408,20 +439,16 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
 
         return streaming
 
-    def _wrap_unary(self, behaviour, method: str, request_streaming: bool, served: bool):
+    def _wrap_unary(self, behaviour, method: str, take, served: bool):
         record, status, track = self._record, self._status, self._track
 
-        def unary(request, context):
+        def unary(requests, context):
             start = time.perf_counter()
             exc = None
             if served:
                 track(1)
             try:
-                if request_streaming:
-                    request = _decoded(request, context, method)
-                else:
-                    _refuse_undecodable(request, context, method)
-                return behaviour(request, context)
+                return behaviour(take(requests, context), context)
             except BaseException as error:
                 exc = error
                 raise

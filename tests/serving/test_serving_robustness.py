@@ -111,6 +111,31 @@ def test_idle_streams_cannot_starve_unary_calls_health_or_later_streams(make_ser
         "stellar_grpc_errors_total", {"method": "ClassifyStream", "code": "DEADLINE_EXCEEDED"}) == 2
 
 
+def test_unary_calls_whose_message_never_arrives_are_ended(make_server, registry, sample_inputs):
+    registry.set_champion("1")
+    server = make_server(max_workers=2, max_concurrent_streams=1, max_open_streams=1, stream_idle_seconds=2.0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    # A client can open a unary call and never send its message: each used to hold a thread for ever.
+    half_open = channel.stream_unary("/stellar.v1.Classifier/GetModelInfo",
+                                     request_serializer=None, response_deserializer=None)
+    release = threading.Event()
+
+    def silence():
+        release.wait(60)
+        return
+        yield
+
+    try:
+        calls = [half_open.future(silence(), timeout=30) for _ in range(8)]  # twice the 4 threads
+        stub = pb_grpc.ClassifierStub(channel)
+        assert stub.Classify(_classify_request(sample_inputs), timeout=15).result.model_version == "1"
+        errors = [call.exception(timeout=30) for call in calls]
+    finally:
+        release.set()
+    assert {(e.code(), e.details()) for e in errors} == {
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "no request message arrived within 2 s (STELLAR_STREAM_IDLE_SECONDS)")}
+
+
 # -- 3: a champion that loads but cannot predict ----------------------------------------------
 
 
