@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from stellar_core.contract import (
     CLASSES,
@@ -68,6 +69,12 @@ GENUINE_ID_ROWS = 20_000
 ROUNDED_MAX_DIGITS = 15
 # Fail when a batch this "round" would occur by chance at full precision less often than this.
 PRECISION_FALSE_ALARM = 1e-3
+# The share of short IDs moves with the survey's era (spec_obj_ID: 5% in 2003, 21% in 2016;
+# obj_ID: at most 7.3% in any year of the sample), and IDs of one plate share it. The test for
+# "more short IDs than chance" (a rounded part mixed with genuine rows) therefore compares with
+# an upper bound over the eras and asks for far stronger evidence.
+ERA_MAX_SHORT_SHARE: dict[str, float] = {"spec_obj_ID": 0.25, "obj_ID": 0.10}
+EXCESS_FALSE_ALARM = 1e-6
 # spec_obj_ID bit layout (SDSS): plate << 50 | fiber << 38 | (MJD - 50000) << 24 | run2d << 10.
 PACKED_FIELDS: tuple[tuple[str, int, int, int], ...] = (  # column, shift, mask, offset
     ("plate", 50, 0x3FFF, 0), ("fiber_ID", 38, 0xFFF, 0), (MJD_COLUMN, 24, 0x3FFF, 50000),
@@ -258,45 +265,89 @@ def id_outcomes(frame: pd.DataFrame) -> list[ExpectationOutcome]:
 
 
 def precision_outcome(frame: pd.DataFrame, column: str) -> ExpectationOutcome:
-    """Fails when the batch's IDs were rounded below what the source format carries."""
+    """Fails when more of the batch's IDs are short than full precision explains."""
     outcome = ExpectationOutcome(name=PRECISION_EXPECTATION, column=column, success=True)
     if column not in frame.columns:
         return _missing_columns(outcome, [column])
     values = _numeric_ids(frame[column])
-    digits = rounded_digits(values, column)
-    if digits is None:
+    rounding = id_rounding(values, column)
+    if rounding is None:
         return outcome
-    full = "18-20" if pd.api.types.is_integer_dtype(values.dtype) else "16-17"
-    chance = _chance_at_full_precision(column, digits, len(values))
-    odds = f"p = {chance:.1e}" if chance > 0 else "p < 1e-300"
     outcome.success = False
-    outcome.unexpected_count, outcome.unexpected_percent = len(values), 100.0
-    outcome.examples = [_plain(v) for v in values.drop_duplicates().head(5)]
-    outcome.explanation = (
-        f"IDs carry at most {digits} significant digits; the source format carries {full}: rounded by a "
-        f"spreadsheet or a scientific-notation export; re-export IDs as text (all {len(values)} IDs this "
-        f"short by chance at full precision: {odds})")
+    outcome.unexpected_count = rounding.short
+    outcome.unexpected_percent = 100.0 * rounding.short / len(values)
+    outcome.examples = [_plain(v) for v in values[rounding.short_mask].drop_duplicates().head(5)]
+    outcome.explanation = rounding.explain(values)
     return outcome
 
 
-def rounded_digits(ids: pd.Series, column: str) -> int | None:
-    """The digit count a batch's IDs were rounded to, or None while they may carry full precision.
+@dataclass(frozen=True)
+class IdRounding:
+    """How many IDs carry 15 significant digits or fewer, and how unlikely that is at full precision."""
+
+    ids: int
+    short: int
+    most_digits: int  # the most digits among the short IDs
+    chance: float  # P(at least `short` of `ids` this short | full precision): a binomial tail
+    expected_share: float
+    short_mask: np.ndarray
+
+    def explain(self, values: pd.Series) -> str:
+        full = "18-20" if pd.api.types.is_integer_dtype(values.dtype) else "16-17"
+        odds = f"p = {self.chance:.1e}" if self.chance > 0 else "p < 1e-300"
+        return (f"{self.short} of {self.ids} IDs carry at most {self.most_digits} significant digits; the source "
+                f"format carries {full}, and at full precision at most {self.expected_share:.1%} are that short by "
+                f"chance ({odds}): rounded by a spreadsheet or a scientific-notation export; re-export IDs as text")
+
+
+def id_rounding(ids: pd.Series, column: str, false_alarm: float = PRECISION_FALSE_ALARM,
+                excess_false_alarm: float = EXCESS_FALSE_ALARM) -> IdRounding | None:
+    """The IDs' rounding, or None while full precision explains them.
 
     No single ID tells: 11.5% of genuine float spec_obj_IDs (4.5% of obj_IDs) carry 15
-    digits or fewer by chance. A whole batch that short is rounded when the chance of it
-    at full precision, the measured share to the power of the batch size, is tiny.
+    digits or fewer by chance. Two one-sided tests: every ID short, with the measured
+    share to the power of the batch size below `false_alarm` (a small rounded batch);
+    or more short IDs than the most any era shows, with a binomial tail below
+    `excess_false_alarm` (a rounded part hidden among genuine rows).
     """
     values = _numeric_ids(ids)
-    digits_of = _integer_digits if pd.api.types.is_integer_dtype(values.dtype) else _float_digits
-    most = 0
-    for value in values:
-        digits = digits_of(value)
-        if digits > ROUNDED_MAX_DIGITS:
-            return None  # genuine data ends here after a few IDs
-        most = max(most, digits)
-    if values.empty or _chance_at_full_precision(column, most, len(values)) >= PRECISION_FALSE_ALARM:
+    if values.empty:
         return None
-    return most
+    short_mask = short_id_mask(values)
+    short, n = int(short_mask.sum()), len(values)
+    if not short:
+        return None
+    chance, share = _rounding_chance(column, short, n, false_alarm, excess_false_alarm)
+    if chance is None:
+        return None
+    most = max(_digits_of(values)(v) for v in values[short_mask])
+    return IdRounding(n, short, most, chance, share, short_mask)
+
+
+def _rounding_chance(column: str, short, ids, false_alarm: float, excess_false_alarm: float):
+    """(p-value, share it was tested against) of the test that fires, or (None, None)."""
+    all_short = _short_share(column) ** ids if short == ids else 1.0
+    if all_short < false_alarm:
+        return all_short, _short_share(column)
+    excess = float(stats.binom.sf(short - 1, ids, ERA_MAX_SHORT_SHARE[column]))
+    if excess < excess_false_alarm:
+        return excess, ERA_MAX_SHORT_SHARE[column]
+    return None, None
+
+
+def short_id_mask(values: pd.Series) -> np.ndarray:
+    digits_of = _digits_of(values)
+    return np.fromiter((digits_of(v) <= ROUNDED_MAX_DIGITS for v in values), dtype=bool, count=len(values))
+
+
+def rounded_digits(ids: pd.Series, column: str) -> int | None:
+    """The digit count of a rounded batch's short IDs, or None while they may carry full precision."""
+    rounding = id_rounding(ids, column)
+    return None if rounding is None else rounding.most_digits
+
+
+def _digits_of(values: pd.Series):
+    return _integer_digits if pd.api.types.is_integer_dtype(values.dtype) else _float_digits
 
 
 def _integer_digits(value) -> int:
@@ -309,11 +360,10 @@ def _float_digits(value) -> int:
     return len(mantissa.replace("-", "").replace(".", "").strip("0"))
 
 
-def _chance_at_full_precision(column: str, digits: int, ids: int) -> float:
+def _short_share(column: str) -> float:
     # Integer IDs carry 18-20 digits, so the float shares over-state their chance: a safe bound.
-    seen = sum(n for d, n in GENUINE_ID_DIGITS[column].items() if d <= digits)
-    share = max(seen, 3) / GENUINE_ID_ROWS  # never seen in 20,000 rows: the rule-of-three bound, not 0
-    return share ** ids
+    seen = sum(n for d, n in GENUINE_ID_DIGITS[column].items() if d <= ROUNDED_MAX_DIGITS)
+    return max(seen, 3) / GENUINE_ID_ROWS  # never seen in 20,000 rows: the rule-of-three bound, not 0
 
 
 def _numeric_ids(ids: pd.Series) -> pd.Series:
@@ -403,12 +453,44 @@ def weekly_outcomes(frame: pd.DataFrame, weeks: pd.Series) -> list[ExpectationOu
         bad = measured & ~values.between(low, high).to_numpy(dtype=bool, na_value=False)
         outcomes += by_week.failing("expect_column_values_to_be_between", column, measured, bad, 1 - RANGE_MOSTLY,
                                     f"outside the physical range [{low:g}, {high:g}]", values.to_numpy())
+    outcomes += _weekly_precision_outcomes(frame, by_week)
     for column in NULL_TOLERANT_COLUMNS:
         if column in frame.columns:
             every_row = np.ones(len(frame), dtype=bool)
             outcomes += by_week.failing("expect_column_values_to_not_be_null", column, every_row,
                                         frame[column].isna().to_numpy(), MAX_NULL_SHARE, f"lack {column!r}",
                                         frame.index.to_numpy())  # examples: the rows' numbers
+    return outcomes
+
+
+def _weekly_precision_outcomes(frame: pd.DataFrame, by_week: "_WeekCounter") -> list[ExpectationOutcome]:
+    """The rounding tests per week, so a rounded week cannot hide among genuine ones. Each week
+    is held to the batch's false-alarm rates divided by the number of weeks (Bonferroni)."""
+    outcomes = []
+    for column in ("obj_ID", "spec_obj_ID"):
+        if column not in frame.columns:
+            continue
+        numeric = pd.to_numeric(frame[column], errors="coerce")
+        counted = numeric.notna().to_numpy()
+        values = numeric[counted]
+        if values.empty:
+            continue
+        short = np.zeros(len(frame), dtype=bool)
+        short[np.flatnonzero(counted)] = short_id_mask(values)
+        ids, short_ids = by_week._per_week(counted), by_week._per_week(short)
+        weeks = max(1, len(by_week.keys))
+        tests = [(w, _rounding_chance(column, short_ids[w], ids[w], PRECISION_FALSE_ALARM / weeks,
+                                      EXCESS_FALSE_ALARM / weeks)[0]) for w in np.flatnonzero(short_ids)]
+        chance = dict(tests)
+        for week in [w for w, p in tests if p is not None]:
+            in_week = (by_week.codes == week) & short
+            outcomes.append(ExpectationOutcome(
+                name=PRECISION_EXPECTATION, column=column, success=False, week=by_week.keys[week],
+                unexpected_count=int(short_ids[week]), unexpected_percent=float(100.0 * short_ids[week] / ids[week]),
+                examples=[_plain(v) for v in frame.loc[in_week, column].head(5)],
+                explanation=(f"week {by_week.keys[week]}: {short_ids[week]} of {ids[week]} IDs carry 15 significant "
+                             f"digits or fewer (p = {chance[week]:.1e} at full precision, tested against "
+                             f"{len(by_week.keys)} weeks): rounded IDs")))
     return outcomes
 
 

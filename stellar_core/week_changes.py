@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from stellar_core.contract import MJD_COLUMN, OBJECT_ID_COLUMN
+from stellar_core.contract import FLOAT_COLUMNS, INTEGER_COLUMNS, MJD_COLUMN, OBJECT_ID_COLUMN
 
 # The spectrum's own coordinates: an ID that changes while these stay is a re-keyed row.
 SPECTRUM_KEY = ("plate", MJD_COLUMN, "fiber_ID")
@@ -74,7 +74,7 @@ def content_version(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "empty"
     ordered = frame.sort_values(OBJECT_ID_COLUMN, kind="stable") if OBJECT_ID_COLUMN in frame.columns else frame
-    hashed = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+    hashed = pd.util.hash_pandas_object(_by_value(ordered), index=False).to_numpy()
     columns = ",".join(map(str, frame.columns)).encode()
     return hashlib.sha256(columns + hashed.tobytes()).hexdigest()[:16]
 
@@ -83,10 +83,18 @@ def _row_hashes(stored: pd.DataFrame, new: pd.DataFrame) -> tuple[dict, dict]:
     columns = [c for c in new.columns if c in stored.columns]
 
     def by_id(frame: pd.DataFrame) -> dict:
-        hashes = pd.util.hash_pandas_object(frame[columns], index=False).to_numpy()
+        hashes = pd.util.hash_pandas_object(_by_value(frame[columns]), index=False).to_numpy()
         return dict(zip(frame[OBJECT_ID_COLUMN].tolist(), hashes.tolist()))
 
     return by_id(stored), by_id(new)
+
+
+def _by_value(frame: pd.DataFrame) -> pd.DataFrame:
+    """Measurement and bookkeeping columns as float64, so that a column read as float in one file
+    (one blank cell makes pandas do that) and as int in another hashes the same for the same values."""
+    numeric = [c for c in (*FLOAT_COLUMNS, *INTEGER_COLUMNS) if c in frame.columns
+               and pd.api.types.is_numeric_dtype(frame[c])]
+    return frame.astype({c: "float64" for c in numeric}) if numeric else frame
 
 
 def _rounded_replacements(stored: pd.DataFrame, new: pd.DataFrame, removed_ids: set) -> list[str]:

@@ -104,3 +104,28 @@ def test_simulated_uint64_ids_decode_and_a_moved_one_fails():
     raw.loc[2, "MJD"] += 7
     packing = [o for o in id_outcomes(raw) if o.name == PACKING_EXPECTATION][0]
     assert not packing.success and packing.unexpected_count == 1
+
+
+def test_rounded_ids_mixed_with_genuine_ones_still_fail(sdss_sample):
+    """One genuine row used to be enough to pass a batch of 500 rounded IDs."""
+    raw = pd.concat([sdss_sample.head(1), rounded(sdss_sample.iloc[1:501], 15)], ignore_index=True)
+    outcome = failed(validate_observations(raw))[(PRECISION_EXPECTATION, "spec_obj_ID")]
+    assert outcome.unexpected_count >= 500 and "of 501 IDs carry at most 15 significant digits" in outcome.explanation
+
+
+def test_one_rounded_week_inside_a_genuine_batch_fails_as_that_week(sdss_sample):
+    weeks = pd.Series(week_keys_for_mjds(sdss_sample["MJD"].to_numpy()), index=sdss_sample.index)
+    busiest = weeks.value_counts().index[0]
+    raw = sdss_sample.copy()
+    in_week = weeks == busiest
+    raw.loc[in_week, "spec_obj_ID"] = rounded(raw.loc[in_week], 15)["spec_obj_ID"].to_numpy()
+    report = validate_observations(raw, weeks)
+    assert [(o.name, o.column, o.week) for o in report.failures] == [(PRECISION_EXPECTATION, "spec_obj_ID", busiest)]
+
+
+def test_genuine_ids_pass_in_every_year_and_era(sdss_sample):
+    """The share of short genuine IDs moves with the era (5% to 21%): large genuine batches must still pass."""
+    year = ((sdss_sample["MJD"] - 51544) // 365 + 2000).to_numpy()
+    batches = [part for _, part in sdss_sample.groupby(year)]
+    batches += [sdss_sample.loc[(year >= 2015) & (year <= 2017)], sdss_sample]
+    assert [o for part in batches for o in id_outcomes(part) if not o.success] == []
