@@ -118,7 +118,9 @@ def features_to_inputs(matrix: np.ndarray, max_batch: int) -> np.ndarray:
     n = matrix.shape[0]
     check_count(n, max_batch, what="input__0")
     inputs = matrix[:, :N_INPUTS]
-    _raise_first_problem(inputs.astype(np.float64), np.zeros(inputs.shape, dtype=bool), lambda k: f"input__0 row {k}")
+    with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast; the checks below name it
+        values = inputs.astype(np.float64)
+    _raise_first_problem(values, np.zeros(inputs.shape, dtype=bool), lambda k: f"input__0 row {k}")
     colours = matrix[:, N_INPUTS:]
     bad = ~np.isfinite(colours)
     if bad.any():
