@@ -136,7 +136,7 @@ def checked_object(row: Mapping) -> pb.SdssObject:
     Parsing is local (only the client sees the text); the checks are the server's
     own (stellar_serving.validation), so client and server agree on what is valid.
     """
-    from stellar_serving.validation import InvalidInput, objects_to_inputs
+    from stellar_serving.validation import DEFAULT_MAX_CLIENT_ID, InvalidInput, objects_to_inputs
 
     fields = {}
     for name in MODEL_INPUTS:
@@ -155,6 +155,9 @@ def checked_object(row: Mapping) -> pb.SdssObject:
         field = re.search(r"field '(\w+)'", reason)
         raise InvalidRow(field.group(1) if field else "", reason) from None
     obj.client_id = _client_id(row)
+    if len(obj.client_id) > DEFAULT_MAX_CLIENT_ID:  # the server would refuse the whole stream for it
+        raise InvalidRow("client_id", f"client_id is {len(obj.client_id)} characters long; the server accepts "
+                                      f"at most {DEFAULT_MAX_CLIENT_ID} (STELLAR_MAX_CLIENT_ID_CHARS)")
     return obj
 
 

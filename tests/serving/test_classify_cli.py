@@ -338,3 +338,17 @@ def test_help_shows_defaults_and_every_option_has_help(capsys):
     for name, parser in subcommands.choices.items():
         undocumented = [a.dest for a in parser._actions if not a.help]
         assert undocumented == [], name
+
+
+def test_an_overlong_id_is_a_rejected_row_not_a_failed_stream(capsys, folder, target, registry, sample_inputs):
+    """The server refuses a whole stream for one client_id over its limit: the client checks it per row."""
+    rows = good_rows(sample_inputs[:5])
+    rows[2] = ["x" * 300, *rows[2][1:]]
+    path = write_csv(folder / "objects.csv", rows)
+    output = folder / "predictions.csv"
+    code, _, err = run(capsys, "--target", target, "--csv", str(path), "--output", str(output),
+                       "--on-invalid", "skip")
+    assert code == 0, err
+    assert [r["client_id"] for r in read_rows(output)] == ["obj-0", "obj-1", "obj-3", "obj-4"]
+    [reject] = read_rows(Path(f"{output}.rejects.csv"))
+    assert reject["reject_field"] == "client_id" and "300 characters long" in reject["reject_reason"]
