@@ -20,26 +20,45 @@ def say(message: str = "") -> None:
 
 
 def run_ingestion(first_week: str | None = None, last_week: str | None = None, allow_shrink: bool = False) -> int:
-    """`stellar ingest`: raw observations and features for the weeks the source covers (or a range) in ONE run."""
+    """`stellar ingest`: raw observations and features for the weeks the source covers (or a range),
+    one run per contiguous range of new or changed weeks (usually one run)."""
     csv, why = default_sdss_csv()
     configure_environment()
 
     import dagster as dg
 
     from stellar_assets.definitions import defs
-    from stellar_assets.partitions import observation_weeks, survey_span
-    from stellar_assets.replay import RANGE_END_TAG, RANGE_START_TAG
-    from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG
-    from stellar_assets.resources.sources import source_from_env
     from stellar_core.home import project_home
-    from stellar_core.sources import SourceError
 
     instance = dg.DagsterInstance.get()
-    keys = observation_weeks.get_partition_keys()
     say(f"stellar ingest: project home {project_home()}")
     _say_source(csv, why)
+    planned = _plan_ingestion(defs, first_week, last_week)
+    if isinstance(planned, int):
+        return planned
+    ranges, selected, unchanged = planned
+    say(f"Ingestion: raw_observations + observation_features for {len(selected)} weeks ({selected[0]} .. "
+        f"{selected[-1]}): {unchanged} unchanged and complete, {len(ranges)} run(s) for the rest "
+        "(single-run backfill policy)" + ("; stored weeks may shrink (--allow-shrink)" if allow_shrink else ""))
+    for first, last in ranges:
+        if _ingest_range(defs, instance, first, last, allow_shrink) != 0:
+            return 1
+    if not ranges:
+        say("Nothing to run: every week already holds exactly these rows (their data versions stay).")
+    say(f"\nOpen the Dagster UI on this instance:  make ui   (DAGSTER_HOME={instance.root_directory})")
+    return 0
+
+
+def _plan_ingestion(defs, first_week: str | None, last_week: str | None):
+    """(ranges to run, weeks selected, unchanged weeks), or an exit code after saying what is wrong."""
+    from stellar_assets.ingestion.plan import ranges_to_ingest
+    from stellar_assets.partitions import observation_weeks, survey_span
+    from stellar_core.sources import SourceError
+
+    keys = observation_weeks.get_partition_keys()
+    source = defs.resources["source"]
     try:
-        covers = source_from_env().coverage(survey_span())
+        covers = source.coverage(survey_span())
     except SourceError as exc:
         say(f"error: {exc}")
         return 2
@@ -50,12 +69,28 @@ def run_ingestion(first_week: str | None = None, last_week: str | None = None, a
     last = last_week or min(covers.last, keys[-1])
     for name, week in (("first", first), ("last", last)):
         if week not in keys:
-            say(f"--{name}-week {week} is not an observation week: weeks start on Sundays between {keys[0]} and {keys[-1]}")
+            say(f"error: --{name}-week {week} is not an observation week: weeks start on Sundays between "
+                f"{keys[0]} and {keys[-1]}")
             return 2
+    if first > last:
+        say(f"error: --first-week {first} is after --last-week {last} (the source covers {covers})")
+        return 2
     selected = keys[keys.index(first): keys.index(last) + 1]
-    say(f"Ingestion: raw_observations + observation_features for {len(selected)} weeks "
-        f"({first} .. {last}; the source covers {covers}) as ONE run (single-run backfill policy)"
-        + ("; stored weeks may shrink (--allow-shrink)" if allow_shrink else ""))
+    say(f"The source covers {covers}.")
+    if source.resolved_kind == "skyserver":  # one query per week: do not ask twice
+        return [(first, last)], selected, 0
+    try:
+        ranges, unchanged = ranges_to_ingest(source, defs.resources["io_manager"], selected, survey_span())
+    except SourceError as exc:
+        say(f"error: {exc}")
+        return 2
+    return ranges, selected, unchanged
+
+
+def _ingest_range(defs, instance, first: str, last: str, allow_shrink: bool) -> int:
+    from stellar_assets.replay import RANGE_END_TAG, RANGE_START_TAG
+    from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG
+
     tags = {RANGE_START_TAG: first, RANGE_END_TAG: last, "stellar/step": "ingestion"}
     if allow_shrink:
         tags[ALLOW_SHRINK_TAG] = "true"
@@ -65,11 +100,10 @@ def run_ingestion(first_week: str | None = None, last_week: str | None = None, a
     )
     elapsed = time.perf_counter() - started
     if not result.success:
-        say(f"Ingestion run {result.run_id} FAILED after {elapsed:.1f} s:")
+        say(f"Ingestion run {result.run_id} ({first} .. {last}) FAILED after {elapsed:.1f} s:")
         _print_failures(result)
         return 1
     say(_ingestion_summary(result, elapsed))
-    say(f"\nOpen the Dagster UI on this instance:  make ui   (DAGSTER_HOME={instance.root_directory})")
     return 0
 
 

@@ -32,6 +32,10 @@ QUALITY_CHECKS: dict[str, tuple[str, ...]] = {
     "null_share": ("expect_column_values_to_not_be_null",),
     "id_precision": (PRECISION_EXPECTATION, PACKING_EXPECTATION),
 }
+# The run tag that lets simulated rows change real weeks (or the reverse); the Parquet attr that
+# remembers which kind a week holds.
+ALLOW_SOURCE_CHANGE_TAG = "stellar/allow-source-change"
+SOURCE_ATTR = "stellar_source"
 PLACEMENT_CHECK = "rows_in_survey_weeks"
 PLACEMENT_DESCRIPTION = ("Every row's MJD lies in a survey week. Rows that cannot be placed are counted and named "
                          "here (warning); a source where most rows cannot be placed is refused.")
@@ -156,7 +160,7 @@ def raw_observations(context: dg.AssetExecutionContext):
         )
 
     per_week = _split_by_week(batch.rows, batch.weeks, keys)
-    changes = _changes_against_store(context, per_week)
+    changes = _changes_against_store(context, per_week, source)
     schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in batch.rows.dtypes.items()])
     versions = {}
     for key, part in per_week.items():
@@ -187,10 +191,29 @@ def _fetch_covered(context: dg.AssetExecutionContext, source: ObservationSource,
     return batch
 
 
-def _changes_against_store(context: dg.AssetExecutionContext, per_week: dict[str, pd.DataFrame]) -> dict[str, WeekChange]:
-    """Compare each week with what is stored; refuse rounded IDs always, and shrinking unless opted in."""
+def _changes_against_store(context: dg.AssetExecutionContext, per_week: dict[str, pd.DataFrame],
+                           source: ObservationSource) -> dict[str, WeekChange]:
+    """Compare each week with what is stored, and refuse before anything is written when the batch
+    would replace IDs by rounded ones, change weeks another source stored, or shrink a week."""
     store = context.resources.io_manager
-    changes = {key: compare_week(key, store.stored(context.asset_key, key), part) for key, part in per_week.items()}
+    stored = {key: store.stored(context.asset_key, key) for key in per_week}
+    changes = {key: compare_week(key, stored[key], part) for key, part in per_week.items()}
+    tags = context.run.tags
+    _refuse_rounded_ids(changes)
+    _refuse_source_change(changes, stored, source, tags)
+    _refuse_shrinking_weeks(context, changes, per_week, tags)
+    for part in per_week.values():
+        part.attrs[SOURCE_ATTR] = source.identity  # Parquet keeps a frame's attrs: each week knows its kind
+    changed = [c for c in changes.values() if c.status == "changed"]
+    for change in changed[:20]:
+        context.log.warning("raw_observations %s changed: %s", change.week, change.describe())
+    counts = {status: sum(c.status == status for c in changes.values()) for status in ("new", "changed", "unchanged")}
+    context.log.info("raw_observations: %d new, %d changed, %d unchanged week(s)", counts["new"],
+                     counts["changed"], counts["unchanged"])
+    return changes
+
+
+def _refuse_rounded_ids(changes: dict[str, WeekChange]) -> None:
     rounded = {key: c.rounded_ids for key, c in changes.items() if c.rounded_ids}
     if rounded:
         examples = "; ".join(f"{key}: {', '.join(ids[:3])}" for key, ids in list(rounded.items())[:5])
@@ -198,20 +221,39 @@ def _changes_against_store(context: dg.AssetExecutionContext, per_week: dict[str
             f"the source would replace {sum(map(len, rounded.values()))} stored {OBJECT_ID_COLUMN} values of "
             f"{len(rounded)} week(s) by rounded versions of the same IDs (same plate, MJD and fibre): {examples}. "
             "Nothing was stored; re-export the IDs at full precision (as text)."))
-    shrinking = [c for c in changes.values() if c.shrinks]
-    if shrinking and not shrink_allowed(context.run.tags):
+
+
+def _refuse_source_change(changes: dict[str, WeekChange], stored: dict, source: ObservationSource, tags) -> None:
+    """Real SDSS weeks are not changed by simulated rows (the fallback when no CSV is configured),
+    nor the reverse, unless the run says so."""
+    foreign = {key: stored[key].attrs[SOURCE_ATTR] for key, c in changes.items()
+               if c.status == "changed" and stored[key] is not None
+               and stored[key].attrs.get(SOURCE_ATTR, source.identity) != source.identity}
+    if foreign and str(tags.get(ALLOW_SOURCE_CHANGE_TAG, "")).lower() not in ("1", "true", "yes"):
+        first = next(iter(foreign))
         raise dg.Failure(description=(
-            f"{len(shrinking)} stored week(s) would lose rows: "
-            + "; ".join(f"{c.week}: {c.describe()}" for c in shrinking[:10])
-            + f". Nothing was stored. If the smaller data is right, run again with the run tag {ALLOW_SHRINK_TAG}=true "
-            "(stellar ingest --allow-shrink)."))
-    changed = [c for c in changes.values() if c.status == "changed"]
-    for change in changed[:20]:
-        context.log.warning("raw_observations %s changed: %s", change.week, change.describe())
-    counts = {status: sum(c.status == status for c in changes.values()) for status in ("new", "changed", "unchanged")}
-    context.log.info("raw_observations: %d new, %d changed, %d unchanged week(s)%s", counts["new"],
-                     counts["changed"], counts["unchanged"], " (shrinking allowed by the run tag)" if shrinking else "")
-    return changes
+            f"{len(foreign)} stored week(s) hold {foreign[first]} data and this run would change them with "
+            f"{source.identity} data from {source.describe()} (first: {first}: {changes[first].describe()}). "
+            f"Nothing was stored. If that is what you want, run again with the run tag "
+            f"{ALLOW_SOURCE_CHANGE_TAG}=true."))
+
+
+def _refuse_shrinking_weeks(context, changes: dict[str, WeekChange], per_week: dict[str, pd.DataFrame], tags) -> None:
+    """Raw weeks and the feature weeks built from them, checked together before either is written."""
+    shrinking = {c.week: (c.stored_rows, c.new_rows) for c in changes.values() if c.shrinks}
+    store = context.resources.io_manager
+    features, _ = build_features(pd.concat(per_week.values(), ignore_index=True))
+    feature_rows = features.groupby("week").size()
+    for key in per_week:
+        stored = store.stored_rows(dg.AssetKey("observation_features"), key)
+        if stored is not None and int(feature_rows.get(key, 0)) < stored and key not in shrinking:
+            shrinking[key] = (stored, int(feature_rows.get(key, 0)))
+    if shrinking and not shrink_allowed(tags):
+        weeks = "; ".join(f"{key}: {changes[key].describe()}" if changes[key].shrinks else
+                          f"{key}: features {old} -> {new} rows" for key, (old, new) in list(shrinking.items())[:10])
+        raise dg.Failure(description=(
+            f"{len(shrinking)} stored week(s) would lose rows: {weeks}. Nothing was stored. If the smaller data is "
+            f"right, run again with the run tag {ALLOW_SHRINK_TAG}=true (stellar ingest --allow-shrink)."))
 
 
 def _change_metadata(change: WeekChange, version: str) -> dict:

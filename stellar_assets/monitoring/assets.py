@@ -293,7 +293,9 @@ def _check_results(reports: dict[str, dict]) -> list[dg.AssetCheckResult]:
                                        metadata={"allow_missing_partitions": True}),
     },
     required_resource_keys={"model_registry", "drift_settings", "io_manager"},
-    metadata={ROW_COUNT_FIELD: "rows_current"},  # a re-run never replaces a report with one on fewer rows
+    # A re-run never replaces a report with one on fewer of the week's own rows. (Not the rows
+    # tested: a week that grows past min_rows is tested alone, on fewer rows, and rightly so.)
+    metadata={ROW_COUNT_FIELD: "rows_week"},
     check_specs=[dg.AssetCheckSpec(name, asset="drift_report", description=text, blocking=False)
                  for name, text in CHECK_DESCRIPTIONS.items()],
     description="Week W (or W and up to 3 earlier weeks when W alone has too few rows) against the champion's "
@@ -353,7 +355,7 @@ def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFr
             champion_accuracy=reference["accuracy"], rows_in=raw_in,
             rows_rejected=max(0, raw_in - len(current)), reference_rows_in=reference["rows_in"],
             reference_rows_rejected=reference["rejected"], thresholds=thresholds)
-        report.update(week=week, window=window, window_note=(
+        report.update(week=week, window=window, rows_week=int(week_rows.get(week, 0)), window_note=(
             f"week {week} alone" if window == [week] else
             f"{week} had {int(week_rows.get(week, 0))} rows: tested with {len(window) - 1} earlier week(s)"),
             champion_version=str(version.version), reference_window=reference["window"])

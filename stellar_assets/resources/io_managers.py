@@ -20,13 +20,15 @@ import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 
 # The run tag with which a user says "this run may store fewer rows in a week than it holds".
 ALLOW_SHRINK_TAG = "stellar/allow-shrink"
-# Asset metadata naming the field of a JSON partition that counts its rows (for the shrink rule).
+# Asset metadata naming the field of a JSON partition that counts its rows (for the shrink rule);
+# NOT_GUARDED exempts a derived asset whose size follows its configuration, not lost data.
 ROW_COUNT_FIELD = "stellar/row_count_field"
+NOT_GUARDED = "none"
 
 
 class StorageError(RuntimeError):
@@ -148,6 +150,8 @@ class _PartitionedStore:
         Tables count their rows; a JSON partition counts the field its asset names
         in the definition metadata ROW_COUNT_FIELD (e.g. a drift report's rows tested)."""
         field = (context.definition_metadata or {}).get(ROW_COUNT_FIELD)
+        if field == NOT_GUARDED:
+            return
         shrinking = {}
         for key, value in values.items():
             new = _row_count(value, field)
@@ -241,6 +245,7 @@ class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
     s3: S3Resource
     bucket: str
     prefix: str = "stellar"
+    _s3_client: Any = PrivateAttr(default=None)
 
     def _key(self, relpath: str) -> str:
         return f"{self.prefix.strip('/')}/{relpath}" if self.prefix else relpath
@@ -249,7 +254,10 @@ class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
         return f"s3://{self.bucket}/{self._key(relpath)}"
 
     def _client(self):
-        return self.s3.get_client()
+        # One client per IO manager: building one costs milliseconds, and a backfill asks thousands of times.
+        if self._s3_client is None:
+            self._s3_client = self.s3.get_client()
+        return self._s3_client
 
     def _write(self, relpath: str, data: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -64,6 +64,12 @@ class ObservationSource(dg.ConfigurableResource):
             return self.kind
         return "sdss_csv" if self.csv_path else "simulator"
 
+    @property
+    def identity(self) -> str:
+        """What kind of data a week holds: real SDSS rows (from any CSV export or SkyServer, which
+        agree row for row) or simulated ones. Weeks never silently switch between the two."""
+        return "simulator" if self.resolved_kind == "simulator" else "sdss"
+
     def describe(self) -> str:
         kind = self.resolved_kind
         if kind == "sdss_csv":
@@ -112,8 +118,10 @@ class ObservationSource(dg.ConfigurableResource):
         if first is None or last is None:
             return None
         for name, week in (("csv_first_week", first), ("csv_last_week", last)):
-            if str(week_keys_for_mjds([week_mjd_range(week)[0]])[0]) != week:
-                raise SourceError(f"{name}={week} is not a week key (a Sunday, YYYY-MM-DD)")
+            if not _is_week_key(week):
+                raise SourceError(f"{name}={week!r} is not a week key (a Sunday, YYYY-MM-DD)")
+        if first > last:
+            raise SourceError(f"csv_first_week={first} is after csv_last_week={last}")
         return WeekSpan(first, last)
 
     def _skyserver_rows(self, week_keys: list[str], log: logging.Logger) -> pd.DataFrame:
@@ -128,6 +136,13 @@ class ObservationSource(dg.ConfigurableResource):
                 log.info("SkyServer: %d/%d weeks fetched", n, len(week_keys))
         non_empty = [f for f in frames if len(f)]
         return pd.concat(non_empty, ignore_index=True) if non_empty else frames[0]
+
+
+def _is_week_key(week: str) -> bool:
+    try:
+        return str(week_keys_for_mjds([week_mjd_range(week)[0]])[0]) == week
+    except ValueError:
+        return False
 
 
 def place_csv_once(location: str, s3_endpoint_url: str | None, survey: WeekSpan) -> Placement:

@@ -48,6 +48,7 @@ from stellar_core.training import (
     train_booster,
 )
 from stellar_assets.partitions import observation_weeks
+from stellar_assets.resources.io_managers import NOT_GUARDED, ROW_COUNT_FIELD
 from stellar_assets.training.gate import compare_with_incumbent
 from stellar_assets.training.mlflow_glue import (
     dagster_mlflow_run,
@@ -148,6 +149,8 @@ def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> li
         name="train_test_split",
         partitions_def=observation_weeks,
         ins={"observation_features": dg.AssetIn(partition_mapping=mapping)},
+        # Its size follows the training window's setting; the weeks it reads are guarded themselves.
+        metadata={ROW_COUNT_FIELD: NOT_GUARDED},
         group_name="training",
         kinds={"pandas"},
         description=f"Features of the trailing window ({window_label}) ending at week W, split stratified by "

@@ -75,7 +75,7 @@ def place_rows(frame: pd.DataFrame, survey: WeekSpan, location: str = "the sourc
     whole = finite & (mjd == np.floor(mjd.where(finite, 0.0)))
     inside = whole & (mjd >= first_mjd) & (mjd <= last_mjd)
     reason = pd.Series(pd.NA, index=frame.index, dtype=object)
-    reason[~finite] = "with no finite MJD"
+    reason[~finite] = "with a missing, non-numeric or infinite MJD"
     reason[finite & ~whole] = "with a fractional MJD"
     reason[whole & (mjd < first_mjd)] = f"with an MJD before the survey's first week ({survey.first}, MJD {first_mjd})"
     reason[whole & (mjd > last_mjd)] = f"with an MJD after the survey's last week ({survey.last}, MJD {last_mjd})"

@@ -58,12 +58,9 @@ def parse_sdss_csv(data: bytes, location: str = "<bytes>") -> pd.DataFrame:
             f"{location} has no {MJD_COLUMN!r} column, so its rows cannot be placed in observation weeks; "
             f"columns found: {list(frame.columns)}"
         )
-    mjd = pd.to_numeric(frame[MJD_COLUMN], errors="coerce")
-    if mjd.isna().any():
-        bad = frame.loc[mjd.isna(), MJD_COLUMN].head(3).tolist()
-        raise SourceError(f"{location}: {int(mjd.isna().sum())} rows have no numeric {MJD_COLUMN} (e.g. {bad})")
-    # Whole, finite and inside the survey is for placement to judge (stellar_core.sources.placement).
-    frame[MJD_COLUMN] = mjd
+    # Numeric, whole, finite and inside the survey is for placement to judge and report row by
+    # row (stellar_core.sources.placement): one blank MJD does not refuse the whole file.
+    frame[MJD_COLUMN] = pd.to_numeric(frame[MJD_COLUMN], errors="coerce")
     return frame
 
 

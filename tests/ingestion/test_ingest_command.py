@@ -35,10 +35,27 @@ def test_ingest_defaults_to_the_weeks_the_source_covers_and_refuses_to_shrink(tm
     weeks = sorted(set(week_keys_for_mjds(rows["MJD"].to_numpy())))
     done = stellar_ingest(tmp_path, csv)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"the source covers {weeks[0]}..{weeks[-1]}" in done.stdout
-    assert f"{len(weeks)} new, 0 changed, 0 unchanged" in done.stdout or "new, 0 changed" in done.stdout
+    assert f"The source covers {weeks[0]}..{weeks[-1]}" in done.stdout
+    span = len(sorted(p for p in (tmp_path / "data" / "raw_observations").glob("*.parquet")))
+    assert f"weeks: {span} new, 0 changed, 0 unchanged" in done.stdout
     stored = sorted(p.stem for p in (tmp_path / "data" / "raw_observations").glob("*.parquet"))
     assert stored[0] == weeks[0] and stored[-1] == weeks[-1]
+
+    # The same rows again: nothing runs, so no week gets a new data version.
+    again = stellar_ingest(tmp_path, csv)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{span} unchanged and complete, 0 run(s)" in again.stdout and "Nothing to run" in again.stdout
+
+    # One value changed in one week: one run, for that week only.
+    edited = rows.copy()
+    edited.loc[edited.index[0], "u"] += 0.25
+    changed_csv = tmp_path / "edited.csv"
+    edited.to_csv(changed_csv, index=False)
+    week = week_keys_for_mjds(edited["MJD"].to_numpy()[:1])[0]
+    one = stellar_ingest(tmp_path, changed_csv, "--first-week", weeks[0], "--last-week", weeks[-1])
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert f"{span - 1} unchanged and complete, 1 run(s)" in one.stdout
+    assert "weeks: 0 new, 1 changed, 0 unchanged" in one.stdout and week in one.stdout + one.stderr
 
     smaller = tmp_path / "smaller.csv"
     rows.iloc[: len(rows) // 2].to_csv(smaller, index=False)

@@ -129,21 +129,25 @@ def test_julian_dates_instead_of_mjds_are_refused(stored, tmp_path, sample):
     assert files(store) == before
 
 
-def test_an_infinite_mjd_is_named_not_a_crash(stored, tmp_path, sample):
+def test_infinite_blank_and_text_mjds_are_named_not_a_crash(stored, tmp_path, sample):
     store, before = stored
     text = (tmp_path / "base.csv")
     write_csv(sample, text)
     lines = text.read_text().splitlines()
     header = lines[0].split(",")
-    row = lines[1].split(",")
-    row[header.index("MJD")] = "inf"
-    (tmp_path / "inf.csv").write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    weeks = week_keys_for_mjds(sample["MJD"].to_numpy())
+    outside_2012 = [k for k in range(20) if not FIRST <= weeks[k] <= LAST][:3]  # rows of weeks not stored
+    for k, token in zip(outside_2012, ("inf", "", "abc")):  # one blank or text MJD must not refuse the file
+        row = lines[k + 1].split(",")
+        row[header.index("MJD")] = token
+        lines[k + 1] = ",".join(row)
+    (tmp_path / "inf.csv").write_text("\n".join(lines) + "\n")
     result = ingest(tmp_path / "inf.csv", store)
     assert result.success, failure(result)
     check = next(e.event_specific_data for e in result.all_events
                  if e.event_type_value == "ASSET_CHECK_EVALUATION"
                  and e.event_specific_data.check_name == "rows_in_survey_weeks")
-    assert "no finite MJD" in check.metadata["summary"].value
+    assert "3 with a missing, non-numeric or infinite MJD" in check.metadata["summary"].value
     assert files(store) == before
 
 
@@ -264,4 +268,32 @@ def test_a_week_of_unphysical_rows_fails_even_inside_a_good_batch(stored, tmp_pa
     assert not result.success
     check = failed_checks(result)["magnitude_range"]
     assert week in str(check.metadata["failures"].value)
+    assert files(store) == before
+
+
+def test_another_source_never_changes_stored_weeks_silently(stored, tmp_path, sample):
+    """The code location falls back to the simulator when no CSV is configured: it must not overwrite real weeks."""
+    store, before = stored
+    week, _ = week_rows(sample, 2)
+    simulated = dg.materialize(
+        INGESTION_ASSETS, instance=dg.DagsterInstance.ephemeral(), partition_key=week, raise_on_error=False,
+        resources={"source": ObservationSource(kind="simulator", simulator_rows_per_week=500),
+                   "io_manager": LocalParquetIOManager(base_dir=str(store))})
+    assert not simulated.success
+    message = failure(simulated)
+    assert "hold sdss data and this run would change them with simulator data from simulator(" in message
+    assert "stellar/allow-source-change=true" in message
+    assert files(store) == before
+
+
+def test_features_that_would_shrink_are_refused_before_raw_is_written(stored, tmp_path, sample):
+    """A magnitude turned into the -9999 sentinel keeps the raw row count but drops a feature row:
+    both are checked before either is written."""
+    store, before = stored
+    week, rows = week_rows(sample, 7)
+    edited = sample.copy()
+    edited.loc[rows.index[0], "u"] = -9999.0  # SDSS's "no measurement": passes the gate, dropped by features
+    result = ingest(write_csv(edited, tmp_path / "one_unphysical.csv"), store, first=week, last=week)
+    assert not result.success
+    assert f"{week}: features {len(rows)} -> {len(rows) - 1} rows" in failure(result)
     assert files(store) == before
