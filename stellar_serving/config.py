@@ -52,9 +52,16 @@ class ServingConfig:
     max_open_streams: int = _env(
         "STELLAR_MAX_OPEN_STREAMS", 4,
         "reflection and health Watch streams open at once (these need no token; more get RESOURCE_EXHAUSTED)")
+    max_watch_streams: int = _env(
+        "STELLAR_MAX_WATCH_STREAMS", 4,
+        "health Watch streams open at once (never ended for idleness; more get RESOURCE_EXHAUSTED)")
     stream_idle_seconds: float = _env(
         "STELLAR_STREAM_IDLE_SECONDS", 60.0,
         "a stream that receives and sends no message for this long is ended with DEADLINE_EXCEEDED")
+    first_message_seconds: float = _env(
+        "STELLAR_FIRST_MESSAGE_SECONDS", 2.0,
+        "a unary call whose request message has not arrived after this long (or by its deadline) "
+        "is ended with DEADLINE_EXCEEDED")
     max_workers: int = _env("STELLAR_MAX_WORKERS", 16, "threads for unary calls (streams get their own on top)")
     reload_timeout_seconds: float = _env(
         "STELLAR_RELOAD_TIMEOUT_SECONDS", 60.0,
@@ -127,9 +134,20 @@ class ServingConfig:
         if missing or not self.tls_enabled:
             return missing
         # Loaded now, not when the port binds: gRPC reports a bad file as "Failed to bind".
+        # With a password callback an encrypted key fails here instead of asking on the terminal.
+        asked: list[bool] = []
+
+        def no_pass_phrase() -> bytes:
+            asked.append(True)
+            return b""
+
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert, self.tls_key)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert, self.tls_key, password=no_pass_phrase)
         except (ssl.SSLError, OSError) as exc:
+            if asked:
+                return [f"STELLAR_TLS_KEY={self.tls_key!r} is encrypted (it needs a pass phrase); the server "
+                        "cannot ask for one: give it the key without encryption (e.g. `openssl pkey -in KEY -out "
+                        f"PLAIN`) and protect the file instead ({exc})"]
             return [f"STELLAR_TLS_CERT={self.tls_cert!r} and STELLAR_TLS_KEY={self.tls_key!r} are not a PEM "
                     f"certificate chain and its private key: {exc}"]
         return []
@@ -161,7 +179,9 @@ _LIMITS = {
     "max_batch_size": (1, None),
     "max_concurrent_streams": (1, None),
     "max_open_streams": (1, None),
+    "max_watch_streams": (1, None),
     "stream_idle_seconds": (0.001, None),
+    "first_message_seconds": (0.001, None),
     "max_workers": (1, None),
     "reload_timeout_seconds": (0.001, None),
     "max_client_id_chars": (1, None),

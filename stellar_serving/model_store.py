@@ -11,9 +11,14 @@
 - Every model is probed with objects spread over the input ranges before it
   is accepted: a finite (n, 3) probability matrix, rows summing to 1. A model
   that fails is refused (ModelRejected names why) and the current one stays.
-- Reloads (the poller's and ReloadModel's) run on ONE reload thread:
-  `request_reload()` starts one or joins the one running, so a burst of
-  callers shares one registry round trip and never holds request threads.
+  A version refused for its answers or its contract is not downloaded again
+  by the poller (an explicit reload tries it once more); one that failed to
+  load for a passing fault (I/O, memory) is tried again at the next reload.
+- Reloads (the poller's and ReloadModel's) run on ONE reload thread, so a
+  burst of callers shares registry round trips and never holds request threads.
+  `request_reload()` joins a reload that has not read the alias yet, or queues
+  one to run after the current one: a caller never gets an answer read before
+  it asked (the poller, which does not care, joins the running one).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 
 from stellar_core.contract import CLASSES, INPUT_RANGES, MODEL_INPUTS
 from stellar_core.features import derive_feature_matrix
-from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ModelBundle
+from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ContractMismatch, ModelBundle
 
 from stellar_serving.booster_call import DensePredictor
 from stellar_serving.config import ServingConfig
@@ -55,7 +60,14 @@ class NoChampion(RuntimeError):
 
 
 class ModelRejected(RuntimeError):
-    """The alias names a version this server cannot serve (bad contract, broken files, wrong answers)."""
+    """The alias names a version this server cannot serve (bad contract, broken files, wrong answers).
+
+    `lasting`: the version itself is at fault (contract, answers), so asking again cannot help;
+    False for a fault of this load (I/O, memory) that the next try may not meet."""
+
+    def __init__(self, message: str, lasting: bool = True) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 # Probe rows sum to 1 within this (float32 softmax rounding is ~1e-7).
@@ -112,7 +124,8 @@ class ModelStore:
         self._refresh_lock = threading.Lock()
         self._reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stellar-reload")
         self._reload_lock = threading.Lock()
-        self._reload: Future | None = None
+        self._reload: Future | None = None  # the last reload submitted (running or queued)
+        self._retry_refused = False  # an explicit reload asked: the next refresh tries a refused version again
         self._refused: tuple[str, str] | None = None  # (version, why): not downloaded again
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -153,12 +166,26 @@ class ModelStore:
         if self._poller is not None:
             self._poller.join(timeout=5)
 
-    def request_reload(self) -> Future:
-        """A Future of the ReloadOutcome: a new reload, or the one running (its outcome is shared)."""
+    def request_reload(self, explicit: bool = True) -> Future:
+        """A Future of the ReloadOutcome, shared with other callers.
+
+        explicit (ReloadModel): the outcome of a reload that reads the alias after this call,
+        which also tries a refused version once more. Not explicit (the poller): any reload."""
         with self._reload_lock:
-            if self._reload is None or self._reload.done():
-                self._reload = self._reloader.submit(self.refresh)
+            latest = self._reload
+            if explicit:
+                self._retry_refused = True
+            if latest is not None and not latest.done() and not (explicit and latest.running()):
+                return latest
+            # Nothing to join, or the running reload may have read the alias before this call:
+            # at most one reload waits behind it (later callers join that one).
+            self._reload = self._reloader.submit(self.refresh)
             return self._reload
+
+    def _take_retry_refused(self) -> bool:
+        with self._reload_lock:
+            retry, self._retry_refused = self._retry_refused, False
+            return retry
 
     def serving_note(self) -> str:
         """What a failed reload leaves in place, for messages."""
@@ -168,7 +195,7 @@ class ModelStore:
     def _poll(self) -> None:
         while not self._stop.wait(self.config.poll_seconds):
             try:
-                self.request_reload().result()
+                self.request_reload(explicit=False).result()
             except Exception as exc:  # keep polling; the current model keeps serving
                 log.warning("alias poll failed, still serving %s: %s",
                             self._current.version if self._current else "nothing", exc,
@@ -188,6 +215,7 @@ class ModelStore:
         from stellar_core.registry import download_bundle, get_alias_version
 
         with self._refresh_lock:
+            retry_refused = self._take_retry_refused()
             previous = self._current
             try:
                 version = get_alias_version(self._registry(), self.config.model_name, self.config.model_alias)
@@ -200,7 +228,7 @@ class ModelStore:
                 self._count("failed")
                 raise NoChampion(f"registered model {self.config.model_name!r} has no alias "
                                  f"{self.config.model_alias!r}")
-            if self._refused is not None and self._refused[0] == str(version.version):
+            if self._refused is not None and self._refused[0] == str(version.version) and not retry_refused:
                 self._count("failed")
                 raise ModelRejected(self._refused[1])
             if previous is not None and previous.version == str(version.version) and previous.source == "registry":
@@ -231,7 +259,8 @@ class ModelStore:
                 try:
                     model = self._load(bundle_dir, meta, source="registry")
                 except ModelRejected as exc:
-                    self._refused = (str(version.version), str(exc))
+                    if exc.lasting:
+                        self._refused = (str(version.version), str(exc))
                     log.error("refused version %s: %s; %s", version.version, exc, self.serving_note(),
                               extra={"event": "model_refused", "model_version": str(version.version)})
                     raise
@@ -283,7 +312,9 @@ class ModelStore:
         except Exception as exc:
             self._count("failed")
             reason = str(exc) if isinstance(exc, ModelRejected) else f"{type(exc).__name__}: {_short(exc)}"
-            raise ModelRejected(f"version {meta.get('version')} cannot be served: {reason}") from exc
+            # Wrong answers and a wrong contract stay wrong; anything else (a full disk, memory) may pass.
+            lasting = isinstance(exc, (ModelRejected, ContractMismatch))
+            raise ModelRejected(f"version {meta.get('version')} cannot be served: {reason}", lasting) from exc
 
     def _accept(self, bundle: ModelBundle, meta: dict, source: str) -> LoadedModel:
         # Probe objects spread over the input ranges: they prove the model answers

@@ -55,7 +55,13 @@ SERVED_SERVICES = (CLASSIFIER_SERVICE, INFERENCE_SERVICE)
 # Generic tools must reach these without credentials.
 OPEN_SERVICES = (health.SERVICE_NAME, reflection.SERVICE_NAME)
 ADMIN_METHODS = (f"/{CLASSIFIER_SERVICE}/ReloadModel",)
+HEALTH_CHECK = f"/{health.SERVICE_NAME}/Check"
+HEALTH_WATCH = f"/{health.SERVICE_NAME}/Watch"
 RELOAD_CALL_THREADS = 16  # ReloadModel calls only wait for the one shared reload: waiting threads are cheap
+# Health checks run on their own threads: unary calls held by clients that never
+# send their message cannot make the orchestrator's probe time out.
+HEALTH_CHECK_THREADS = 4
+SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 
 
 # -- interceptors ---------------------------------------------------------------------
@@ -114,6 +120,7 @@ def _abort_handler(code: grpc.StatusCode, details: str, handler: grpc.RpcMethodH
     def refuse(request_or_iterator, context):
         context.abort(code, details)
 
+    refuse.reads_no_request = True  # the TelemetryInterceptor then does not wait for the message
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse, _ignore_request, handler.response_serializer)
     if handler.request_streaming:
@@ -170,13 +177,14 @@ def _service_of(method: str) -> str:
 class _OpenStream:
     """A call the watchdog watches: an open stream, or a unary call waiting for its message."""
 
-    __slots__ = ("context", "last_active", "ended_idle", "waits_for_request")
+    __slots__ = ("context", "last_active", "ended_idle", "waits_for_request", "limit")
 
-    def __init__(self, context, waits_for_request: bool = False) -> None:
+    def __init__(self, context, limit: float, waits_for_request: bool = False) -> None:
         self.context = context
         self.last_active = time.monotonic()
         self.ended_idle = False
         self.waits_for_request = waits_for_request
+        self.limit = limit  # seconds without a message before the watchdog ends the call
 
 
 class StreamGuard:
@@ -188,14 +196,17 @@ class StreamGuard:
     RESOURCE_EXHAUSTED when full, and the server's pool has a thread for each
     slot on top of the unary workers. One watchdog thread ends streams that
     neither received nor sent a message for `idle_seconds`, and unary calls
-    whose request message has not arrived after as long (a client that opens a
-    call and never sends held a thread for ever).
+    whose request message has not arrived after `first_message_seconds` (a
+    client that opens a call and never sends held a thread for ever; each such
+    call holds one for seconds, not a whole idle period).
     """
 
-    def __init__(self, limits: dict[str, tuple[int, str]], idle_seconds: float) -> None:
+    def __init__(self, limits: dict[str, tuple[int, str]], idle_seconds: float,
+                 first_message_seconds: float) -> None:
         self._limits = limits  # group -> (slots, env var that sets them)
         self._slots = {group: threading.BoundedSemaphore(n) for group, (n, _) in limits.items()}
         self._idle_seconds = idle_seconds
+        self._first_message_seconds = first_message_seconds
         self._open: set[_OpenStream] = set()
         self._idle_ended: dict[int, str] = {}  # id(context) -> message, until telemetry records the call
         self._lock = threading.Lock()
@@ -206,11 +217,13 @@ class StreamGuard:
     def stop(self) -> None:
         self._stop.set()
 
-    def guarded(self, behaviour, group: str, method: str, request_streaming: bool, response_streaming: bool):
-        """`behaviour` holding a slot of `group` while it runs, its messages keeping it alive."""
+    def guarded(self, behaviour, group: str, method: str, request_streaming: bool, response_streaming: bool,
+                idle_exempt: bool = False):
+        """`behaviour` holding a slot of `group` while it runs, its messages keeping it alive
+        (`idle_exempt`: never ended for idleness, for streams that are quiet by design)."""
         if response_streaming:
             def guarded_stream(request, context):
-                stream = self._enter(group, method, context)
+                stream = self._enter(group, method, context, idle_exempt)
                 try:
                     if request_streaming:
                         request = self._received(request, stream)
@@ -222,7 +235,7 @@ class StreamGuard:
             return guarded_stream
 
         def guarded_call(request_iterator, context):
-            stream = self._enter(group, method, context)
+            stream = self._enter(group, method, context, idle_exempt)
             try:
                 return behaviour(self._received(request_iterator, stream), context)
             finally:
@@ -230,8 +243,13 @@ class StreamGuard:
         return guarded_call
 
     def first_message(self, requests, context):
-        """The request of a unary-request call (None if the call has none), awaited under the watchdog."""
-        waiting = _OpenStream(context, waits_for_request=True)
+        """The request of a unary-request call (None if the call has none), awaited under the watchdog
+        for at most `first_message_seconds` (or the call's deadline, if sooner)."""
+        limit = self._first_message_seconds
+        remaining = context.time_remaining()
+        if remaining is not None:
+            limit = min(limit, remaining)
+        waiting = _OpenStream(context, limit, waits_for_request=True)
         with self._lock:
             self._open.add(waiting)
         try:
@@ -246,15 +264,16 @@ class StreamGuard:
         with self._lock:
             return self._idle_ended.pop(id(context), None)
 
-    def _enter(self, group: str, method: str, context) -> _OpenStream:
+    def _enter(self, group: str, method: str, context, idle_exempt: bool) -> _OpenStream:
         if not self._slots[group].acquire(blocking=False):
             limit, env = self._limits[group]
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"too many concurrent {method} calls (limit {limit}): {env} streams may be open at once; "
                           "retry later")
-        stream = _OpenStream(context)
-        with self._lock:
-            self._open.add(stream)
+        stream = _OpenStream(context, self._idle_seconds)
+        if not idle_exempt:
+            with self._lock:
+                self._open.add(stream)
         return stream
 
     def _leave(self, group: str, stream: _OpenStream) -> None:
@@ -275,18 +294,32 @@ class StreamGuard:
 
     def _idle_message(self, watched: _OpenStream) -> str:
         if watched.waits_for_request:
-            return f"no request message arrived within {self._idle_seconds:g} s (STELLAR_STREAM_IDLE_SECONDS)"
+            return (f"no request message arrived within {watched.limit:g} s (STELLAR_FIRST_MESSAGE_SECONDS, "
+                    "or the call's deadline)")
         return (f"stream idle for {self._idle_seconds:g} s (STELLAR_STREAM_IDLE_SECONDS): "
                 "no message received or sent; open a new stream")
 
     def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self._idle_seconds / 4)):
-            cutoff = time.monotonic() - self._idle_seconds
+        tick = min(1.0, self._idle_seconds / 4, self._first_message_seconds / 4)
+        while not self._stop.wait(tick):
+            now = time.monotonic()
             with self._lock:
-                idle = [s for s in self._open if s.last_active < cutoff and not s.ended_idle]
+                idle = [s for s in self._open if now - s.last_active > s.limit and not s.ended_idle]
             for stream in idle:
                 stream.ended_idle = True
                 _end_call(stream.context, grpc.StatusCode.DEADLINE_EXCEEDED, self._idle_message(stream))
+
+
+def _no_request(requests, context) -> None:
+    return None
+
+
+def _ended_by_client(context) -> tuple[str, str]:
+    """(code, details) of a call the client ended: its deadline passed, or it cancelled or went away."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return "DEADLINE_EXCEEDED", "the client's deadline passed before the call finished"
+    return "CANCELLED", "cancelled by the client"
 
 
 def _end_call(context, code: grpc.StatusCode, details: str) -> None:
@@ -313,6 +346,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._lock = threading.Lock()
         self._served_in_flight = 0  # calls of SERVED_SERVICES running: the drain waits for them
+        self._draining = False  # set by start_drain(): served calls are then refused
         self._idle = threading.Condition(self._lock)
 
     def intercept_service(self, continuation, handler_call_details):
@@ -328,14 +362,28 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                 self._wrapped[id(handler)] = (handler, wrapped)
         return wrapped
 
+    def start_drain(self) -> None:
+        """From now on, new calls of the served services answer UNAVAILABLE (health and reflection
+        still answer): under steady traffic the calls in flight could otherwise never reach zero."""
+        with self._idle:
+            self._draining = True
+
     def wait_for_served_calls(self, timeout: float) -> bool:
         """Wait until no call of the served services runs (True) or `timeout` passes (False)."""
         with self._idle:
             return self._idle.wait_for(lambda: self._served_in_flight == 0, timeout)
 
-    def _track(self, delta: int) -> None:
+    def _admit(self, context) -> None:
+        """Count a served call in flight, or refuse it (UNAVAILABLE) once the drain started."""
         with self._idle:
-            self._served_in_flight += delta
+            if not self._draining:
+                self._served_in_flight += 1
+                return
+        context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+    def _release(self) -> None:
+        with self._idle:
+            self._served_in_flight -= 1
             if self._served_in_flight == 0:
                 self._idle.notify_all()
 
@@ -361,8 +409,8 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             return "DEADLINE_EXCEEDED", idle
         code = context.code()
         if code is None or code == grpc.StatusCode.OK:
-            if not context.is_active():  # the client cancelled or went away: not our error
-                return "CANCELLED", "cancelled by the client"
+            if not context.is_active():  # the client cancelled, went away, or its deadline passed: not our error
+                return _ended_by_client(context)
             if exc is None:
                 return "OK", ""
             log.exception("unhandled error", exc_info=exc)
@@ -378,11 +426,16 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         method = full_method.rsplit("/", 1)[-1]
         behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         served = _service_of(full_method) in SERVED_SERVICES
-        if handler.request_streaming or handler.response_streaming:
-            group = "served" if served else "open"
+        refusal = getattr(behaviour, "reads_no_request", False)
+        if (handler.request_streaming or handler.response_streaming) and not refusal:
+            # Health Watch is idle by design, and must not queue behind reflection streams.
+            group = "served" if served else "watch" if full_method == HEALTH_WATCH else "open"
             behaviour = self._streams.guarded(behaviour, group, method, handler.request_streaming,
-                                              handler.response_streaming)
-        take = self._request_taker(method, reads_one=not handler.request_streaming)
+                                              handler.response_streaming, idle_exempt=group == "watch")
+        if refusal:  # a refused call (no token) is answered at once: its message is never awaited
+            take = _no_request
+        else:
+            take = self._request_taker(method, reads_one=not handler.request_streaming)
         if handler.response_streaming:
             wrapped = self._wrap_streaming(behaviour, method, take, served)
             factory = grpc.stream_stream_rpc_method_handler
@@ -411,15 +464,17 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         return one
 
     def _wrap_streaming(self, behaviour, method: str, take, served: bool):
-        record, status, track = self._record, self._status, self._track
+        record, status, admit, release = self._record, self._status, self._admit, self._release
 
         def streaming(requests, context):
             start = time.perf_counter()
             exc = None
             cancelled = False
-            if served:
-                track(1)
+            admitted = False
             try:
+                if served:
+                    admit(context)
+                    admitted = True
                 yield from behaviour(take(requests, context), context)
             except GeneratorExit:  # the client cancelled or went away
                 cancelled = True
@@ -428,33 +483,32 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                 exc = error
                 raise
             finally:
-                if served:
-                    track(-1)
-                if cancelled:
-                    record(method, "CANCELLED", time.perf_counter() - start, context, "cancelled by the client")
-                else:
-                    code, details = status(context, exc)
-                    record(method, code, time.perf_counter() - start, context, details)
+                if admitted:
+                    release()
+                code, details = _ended_by_client(context) if cancelled else status(context, exc)
+                record(method, code, time.perf_counter() - start, context, details)
                 exc = None  # see _wrap_unary
 
         return streaming
 
     def _wrap_unary(self, behaviour, method: str, take, served: bool):
-        record, status, track = self._record, self._status, self._track
+        record, status, admit, release = self._record, self._status, self._admit, self._release
 
         def unary(requests, context):
             start = time.perf_counter()
             exc = None
-            if served:
-                track(1)
+            admitted = False
             try:
+                if served:
+                    admit(context)
+                    admitted = True
                 return behaviour(take(requests, context), context)
             except BaseException as error:
                 exc = error
                 raise
             finally:
-                if served:
-                    track(-1)
+                if admitted:
+                    release()
                 code, details = status(context, exc)
                 record(method, code, time.perf_counter() - start, context, details)
                 # The exception's traceback holds this frame and the frame held the
@@ -521,13 +575,16 @@ class StellarServer:
         self.streams = StreamGuard({
             "served": (config.max_concurrent_streams, "STELLAR_MAX_CONCURRENT_STREAMS"),
             "open": (config.max_open_streams, "STELLAR_MAX_OPEN_STREAMS"),
-        }, config.stream_idle_seconds)
+            "watch": (config.max_watch_streams, "STELLAR_MAX_WATCH_STREAMS"),
+        }, config.stream_idle_seconds, config.first_message_seconds)
         # ReloadModel waits for the registry: on its own threads, a burst of them
         # cannot take the threads that answer classification.
         self._reload_pool = futures.ThreadPoolExecutor(max_workers=RELOAD_CALL_THREADS,
                                                        thread_name_prefix="stellar-reload-rpc")
-        self.telemetry = TelemetryInterceptor(self.metrics, self.streams,
-                                              {method: self._reload_pool for method in ADMIN_METHODS})
+        self._health_pool = futures.ThreadPoolExecutor(max_workers=HEALTH_CHECK_THREADS,
+                                                       thread_name_prefix="stellar-health-rpc")
+        self.telemetry = TelemetryInterceptor(self.metrics, self.streams, {
+            **{method: self._reload_pool for method in ADMIN_METHODS}, HEALTH_CHECK: self._health_pool})
         interceptors: list[grpc.ServerInterceptor] = [self.telemetry]
         if config.auth_token:
             interceptors.append(AuthInterceptor(config.auth_token, config.auth_scope))
@@ -535,7 +592,7 @@ class StellarServer:
             log.warning("STELLAR_AUTH_TOKEN is not set: every RPC, ReloadModel included, is open",
                         extra={"event": "auth_off"})
         limit = config.max_message_bytes
-        stream_threads = config.max_concurrent_streams + config.max_open_streams
+        stream_threads = config.max_concurrent_streams + config.max_open_streams + config.max_watch_streams
         self.server = grpc.server(
             # Each open stream holds a thread; unary calls keep max_workers of their own.
             futures.ThreadPoolExecutor(max_workers=config.max_workers + stream_threads,
@@ -589,12 +646,13 @@ class StellarServer:
         return self
 
     def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, let in-flight calls finish (up to `grace` seconds), then refuse
-        new calls and release everything."""
+        """Health NOT_SERVING and new served calls UNAVAILABLE, let in-flight calls finish
+        (up to `grace` seconds), then refuse every call and release everything."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         grace = self.config.shutdown_grace_seconds if grace is None else grace
+        self.telemetry.start_drain()
         self.health.enter_graceful_shutdown()  # health answers NOT_SERVING while draining
         self.store.stop()
         started = time.monotonic()
@@ -603,6 +661,7 @@ class StellarServer:
         self.server.stop(max(0.0, grace - (time.monotonic() - started))).wait()
         self.streams.stop()
         self._reload_pool.shutdown(wait=False, cancel_futures=True)
+        self._health_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop()
         log.info("stopped", extra={"event": "stopped", "drain_seconds": round(time.monotonic() - started, 3)})
 

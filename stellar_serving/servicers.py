@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 from importlib import metadata
 
@@ -112,8 +113,8 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServicer):
 
     def ReloadModel(self, request, context):
         # The reload runs on the store's reload thread, shared with every caller
-        # that arrives while it runs; this call only waits, within its deadline.
-        reload = self.store.request_reload()
+        # that arrives before it reads the alias; this call only waits, within its deadline.
+        reload = self.store.request_reload(explicit=True)
         remaining = context.time_remaining()
         wait = self.config.reload_timeout_seconds if remaining is None else min(remaining, self.config.reload_timeout_seconds)
         try:
@@ -122,6 +123,8 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                           f"the reload did not finish within {wait:.3g} s (the registry is slow); it goes on in "
                           f"the background; {self.store.serving_note()}")
+        except CancelledError:  # a reload still queued when the server stopped
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
         except RegistryUnavailable as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; {self.store.serving_note()}")
         except (NoChampion, ModelRejected) as exc:

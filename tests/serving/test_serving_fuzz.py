@@ -48,6 +48,9 @@ def _seeds(sample_inputs) -> dict[str, tuple[list[bytes], int]]:
         inference + "ModelReady": ([v2.ModelReadyRequest(name=DEFAULT_MODEL_NAME).SerializeToString()], 150),
         inference + "ModelMetadata": ([v2.ModelMetadataRequest(name=DEFAULT_MODEL_NAME).SerializeToString()], 150),
         inference + "ModelInfer": ([raw_infer.SerializeToString(), typed_infer.SerializeToString()], 800),
+        "/grpc.health.v1.Health/Check": ([health_pb2.HealthCheckRequest().SerializeToString(),
+                                          health_pb2.HealthCheckRequest(service="stellar.v1.Classifier")
+                                          .SerializeToString()], 150),
     }
 
 
