@@ -3,7 +3,7 @@
 Each process gets the environment its compose service declares, with compose's
 service names and in-container paths rewritten to this machine (postgres:5432 ->
 127.0.0.1:<port>, ...), so the stack test also proves the compose variables work.
-The instance is the repository's dagster.yaml, copied into a fresh DAGSTER_HOME.
+The instance is docker/dagster/dagster.yaml (the production one), copied into a fresh DAGSTER_HOME.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ class Stack:
         for folder in (self.dagster_home, self.compute_logs, self.model_cache, self.stellar_home, self.root / "home"):
             folder.mkdir(parents=True, exist_ok=True)
         # The production instance config, unchanged.
-        shutil.copy(REPO / "dagster.yaml", self.dagster_home / "dagster.yaml")
+        shutil.copy(REPO / "docker" / "dagster" / "dagster.yaml", self.dagster_home / "dagster.yaml")
         # docker/workspace.yaml with the code server's compose host:port replaced by the local one.
         workspace = yaml.safe_load((REPO / "docker" / "workspace.yaml").read_text())
         grpc = workspace["load_from"][0]["grpc_server"]

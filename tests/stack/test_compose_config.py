@@ -1,4 +1,4 @@
-"""docker-compose.yml, .env.example, dagster.yaml and the docker/ files agree with the code.
+"""docker-compose.yml, .env.example, docker/dagster/dagster.yaml and the docker/ files agree with the code.
 
 Docker cannot run here, so this is how a mistyped variable, port, command or volume
 in the compose file is caught: every check below names what is wrong. The same
@@ -70,7 +70,7 @@ def _instance_env_names() -> set[str]:
             for item in node:
                 walk(item)
 
-    walk(yaml.safe_load((REPO / "dagster.yaml").read_text()))
+    walk(yaml.safe_load((REPO / "docker" / "dagster" / "dagster.yaml").read_text()))
     return found
 
 
@@ -279,7 +279,7 @@ def test_every_variable_the_code_reads_is_listed_in_settings():
 def test_production_dagster_yaml_is_a_valid_instance_config(tmp_path, monkeypatch):
     from dagster._core.instance.config import dagster_instance_config
 
-    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((REPO / "docker" / "dagster" / "dagster.yaml").read_text())
     for name in _instance_env_names():
         monkeypatch.setenv(name, "5432" if name.endswith("PORT") else "x")
     config, _ = dagster_instance_config(str(tmp_path))
@@ -313,5 +313,5 @@ def test_dockerfile_runs_as_non_root_with_healthchecks():
         if name in ("dagster", "serving", "mlflow"):
             assert re.search(r"^USER stellar$", stage, flags=re.M), f"stage {name} runs as root"
             assert "HEALTHCHECK" in stage, f"stage {name} has no HEALTHCHECK"
-    assert "COPY dagster.yaml /opt/dagster/dagster_home/dagster.yaml" in text
+    assert "COPY docker/dagster/dagster.yaml /opt/dagster/dagster_home/dagster.yaml" in text
     assert "ENV DAGSTER_HOME=/opt/dagster/dagster_home" in text
