@@ -326,6 +326,15 @@ def test_long_client_ids_are_refused_or_cut_in_messages_and_logs(make_server, re
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert details == (f"object 0: client_id '{'x' * 64}…(12000 chars)' is too long: 12000 characters; "
                            "the maximum is 256")
+        batch = to_objects(sample_inputs[:20])
+        batch[12].client_id = "z" * 300  # past the one-object fast path: checked as the response copies ids
+        code, details = _outcome(lambda: stub.ClassifyBatch(pb.ClassifyBatchRequest(objects=batch), timeout=5))
+        assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, f"object 12: client_id '{'z' * 64}…(300 chars)' "
+                                                                     "is too long: 300 characters; the maximum is 256")
+        code, details = _outcome(lambda: list(stub.ClassifyStream(iter([pb.ClassifyBatchRequest(objects=batch)]),
+                                                                  timeout=5)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("stream message 0, object 12: client_id 'zzz")
         invalid = _classify_request(sample_inputs, "y" * 200)
         invalid.object.ClearField("redshift")
         code, details = _outcome(lambda: stub.Classify(invalid, timeout=5))
@@ -333,7 +342,7 @@ def test_long_client_ids_are_refused_or_cut_in_messages_and_logs(make_server, re
         assert details == f"object 0 (client_id '{'y' * 64}…(200 chars)'): field 'redshift' is missing"
     finally:
         logger.removeHandler(handler)
-    assert len(records) == 2 and all(len(r.getMessage()) < 300 for r in records)
+    assert len(records) == 4 and all(len(r.getMessage()) < 300 for r in records)
 
 
 def test_long_names_in_v2_requests_are_cut_in_messages(make_server, registry):
