@@ -1,4 +1,4 @@
-"""The main job (`make demo`): every week of the configured source through the platform.
+"""The main job (`make demo`): a range of survey weeks replayed through the platform, and `stellar ingest`.
 
 It runs on a persistent Dagster instance in the project home, so everything it
 does is visible afterwards in the Dagster UI (`make ui`).
