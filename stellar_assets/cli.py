@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--last-week", help="last week; default: the last the source covers")
     ingest.add_argument("--allow-shrink", action="store_true",
                         help="let this run store fewer rows in a week than it holds (default: refused)")
-    sub.add_parser("ui", help="open the Dagster UI (dagster dev) on the main job's instance")
+    ui = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on the main job's instance",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address the UI listens on (0.0.0.0: every interface; it has no login)")
+    ui.add_argument("--port", type=_tcp_port, default=3000, help="port the UI listens on (1-65535)")
     sub.add_parser("serve", help="run the gRPC prediction server (see stellar_serving)", add_help=False)
     sub.add_parser("classify", help="classify objects through the prediction server", add_help=False)
     sub.add_parser("model-info", help="show the model the prediction server answers with", add_help=False)
@@ -58,19 +62,25 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_ingestion(first_week=args.first_week, last_week=args.last_week, allow_shrink=args.allow_shrink)
     if args.command == "ui":
-        return _open_ui()
+        return _open_ui(args.host, args.port)
     parser.error(f"unknown command {args.command}")
     return 2
 
 
-def _open_ui() -> int:
+def _tcp_port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
+def _open_ui(host: str, port: int) -> int:
     from stellar_core.home import configure_environment, repo_root
 
     configure_environment()
     workspace = repo_root() / "workspace.yaml"
-    print(f"Dagster UI on the instance in {os.environ['DAGSTER_HOME']}: http://127.0.0.1:3000")
+    print(f"Dagster UI on the instance in {os.environ['DAGSTER_HOME']}: http://{host}:{port}")
     dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
-    os.execv(dagster, [dagster, "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", "3000"])
+    os.execv(dagster, [dagster, "dev", "-w", str(workspace), "-h", host, "-p", str(port)])
     return 0
 
 

@@ -64,9 +64,16 @@ def default_sdss_csv() -> tuple[str | None, str]:
     return None, "no SDSS17 CSV configured or found"
 
 
+# The embedded instance: SQLite storage in DAGSTER_HOME (Dagster's default), no telemetry.
+# The repository root's dagster.yaml is the same instance for the default project home
+# (.stellar/dagster, by relative paths); this one is written for any STELLAR_HOME.
+EMBEDDED_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+
+
 def configure_environment() -> dict[str, str]:
-    """Environment for the embedded set-up, shared by `stellar demo` and `stellar ui`:
-    the same project home, Dagster instance and source, whichever command runs."""
+    """Environment for the embedded set-up, shared by `stellar demo`, `stellar ingest` and
+    `stellar ui`: the same project home and Dagster instance, whichever command runs. The
+    source needs nothing here: the code location applies default_sdss_csv() itself."""
     home = project_home()
     os.environ["STELLAR_HOME"] = str(home)
     os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
@@ -74,9 +81,5 @@ def configure_environment() -> dict[str, str]:
     dagster_dir.mkdir(parents=True, exist_ok=True)
     instance_yaml = dagster_dir / "dagster.yaml"
     if not instance_yaml.exists():
-        # Embedded instance: SQLite storage in this folder (Dagster's default), no telemetry.
-        instance_yaml.write_text("telemetry:\n  enabled: false\n")
-    csv, _ = default_sdss_csv()
-    if csv and "STELLAR_SDSS_CSV" not in os.environ and os.environ.get("STELLAR_SOURCE", "auto") in ("auto", "sdss_csv"):
-        os.environ["STELLAR_SDSS_CSV"] = csv
+        instance_yaml.write_text(EMBEDDED_INSTANCE_YAML)
     return {k: os.environ[k] for k in ("STELLAR_HOME", "DAGSTER_HOME") if k in os.environ}

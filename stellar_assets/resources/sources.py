@@ -12,6 +12,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from stellar_core.home import default_sdss_csv
 from stellar_core.sources import SourceError
 from stellar_core.sources.placement import Placement, WeekSpan, place_rows, rows_in_weeks
 from stellar_core.sources.sdss_csv import parse_sdss_csv, read_bytes
@@ -161,10 +162,19 @@ def _placed_csv(location: str, s3_endpoint_url: str | None, stamp, survey: WeekS
 
 
 def source_from_env() -> ObservationSource:
-    """The source the code location uses: configured by STELLAR_* environment variables."""
+    """The source the code location uses: configured by STELLAR_* environment variables.
+
+    Without STELLAR_SDSS_CSV, `auto` and `sdss_csv` read the same default file as `stellar
+    demo` / `stellar ui` (stellar_core.home.default_sdss_csv), so `dagster dev` or `dg dev`
+    never silently switch a project holding real weeks to the simulator."""
+    kind = dg.EnvVar("STELLAR_SOURCE").get_value("auto")
+    if kind in ("auto", "sdss_csv"):
+        csv_path, _ = default_sdss_csv()  # STELLAR_SDSS_CSV first
+    else:
+        csv_path = dg.EnvVar("STELLAR_SDSS_CSV").get_value() or None
     return ObservationSource(
-        kind=dg.EnvVar("STELLAR_SOURCE").get_value("auto"),
-        csv_path=dg.EnvVar("STELLAR_SDSS_CSV").get_value() or None,
+        kind=kind,
+        csv_path=csv_path,
         csv_first_week=dg.EnvVar("STELLAR_SDSS_CSV_FIRST_WEEK").get_value() or None,
         csv_last_week=dg.EnvVar("STELLAR_SDSS_CSV_LAST_WEEK").get_value() or None,
         s3_endpoint_url=dg.EnvVar("STELLAR_S3_ENDPOINT_URL").get_value() or None,
