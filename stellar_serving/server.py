@@ -62,6 +62,7 @@ RELOAD_CALL_THREADS = 16  # ReloadModel calls only wait for the one shared reloa
 # send their message cannot make the orchestrator's probe time out.
 HEALTH_CHECK_THREADS = 4
 SHUTTING_DOWN = "the server is shutting down; retry on another replica"
+DEADLINE_MARGIN_SECONDS = 0.25  # see _ended_by_client
 
 
 # -- interceptors ---------------------------------------------------------------------
@@ -317,7 +318,9 @@ def _no_request(requests, context) -> None:
 def _ended_by_client(context) -> tuple[str, str]:
     """(code, details) of a call the client ended: its deadline passed, or it cancelled or went away."""
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    # The client gives up when its own clock says so, a little before the server's deadline
+    # (which starts when the call arrives): a cancellation this close to it is the deadline.
+    if remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS:
         return "DEADLINE_EXCEEDED", "the client's deadline passed before the call finished"
     return "CANCELLED", "cancelled by the client"
 
