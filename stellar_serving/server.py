@@ -284,8 +284,6 @@ class StreamGuard:
     def _forget(self, watched: _OpenStream) -> None:
         with self._lock:
             self._open.discard(watched)
-            if watched.ended_idle:
-                self._idle_ended[id(watched.context)] = self._idle_message(watched)
 
     @staticmethod
     def _received(requests, stream: _OpenStream):
@@ -308,7 +306,10 @@ class StreamGuard:
                 idle = [s for s in self._open if now - s.last_active > s.limit and not s.ended_idle]
             for stream in idle:
                 stream.ended_idle = True
-                _end_call(stream.context, grpc.StatusCode.DEADLINE_EXCEEDED, self._idle_message(stream))
+                message = self._idle_message(stream)
+                with self._lock:  # before ending it: whoever records the call's end must find it
+                    self._idle_ended[id(stream.context)] = message
+                _end_call(stream.context, grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
 
 def _no_request(requests, context) -> None:
@@ -474,6 +475,15 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             exc = None
             cancelled = False
             admitted = False
+            once = threading.Lock()  # recorded exactly once: here, or by the termination callback
+
+            def record_once(code: str, details: str) -> None:
+                if once.acquire(blocking=False):
+                    record(method, code, time.perf_counter() - start, context, details)
+
+            # A client that cancels while this generator waits at a `yield` is not seen here
+            # until the abandoned generator is collected; gRPC's termination callback is.
+            context.add_callback(lambda: None if context.is_active() else record_once(*status(context, None)))
             try:
                 if served:
                     admit(context)
@@ -488,8 +498,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             finally:
                 if admitted:
                     release()
-                code, details = _ended_by_client(context) if cancelled else status(context, exc)
-                record(method, code, time.perf_counter() - start, context, details)
+                record_once(*status(context, None if cancelled else exc))
                 exc = None  # see _wrap_unary
 
         return streaming
