@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 # Who reads a variable:
 CODE = "code"  # the Dagster code location (code server and the run workers it launches)
-INSTANCE = "instance"  # the production dagster.yaml (webserver, daemon, code server)
+INSTANCE = "instance"  # the production docker/dagster/dagster.yaml (webserver, daemon, code server)
 HOME = "home"  # the embedded one-machine set-up (stellar demo / stellar ui)
 SERVING = "serving"  # the prediction server (the full list: ServingConfig.env_vars())
 
@@ -39,7 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STELLAR_MLFLOW_UI_URL", (CODE,), "http://127.0.0.1:5000", "MLflow UI base URL for links in metadata"),
     # sources and storage (stellar_assets/resources)
     Setting("STELLAR_SOURCE", (CODE, HOME), "auto", "sdss_csv | skyserver | simulator | auto"),
-    Setting("STELLAR_SDSS_CSV", (CODE, HOME), None, "SDSS17 CSV: local path or s3:// URL"),
+    Setting("STELLAR_SDSS_CSV", (CODE, HOME), "data/star_classification.csv[.gz], else ../shared/data/sdss17_sample.csv.gz",
+            "SDSS17 CSV: local path or s3:// URL"),
     Setting("STELLAR_SDSS_CSV_FIRST_WEEK", (CODE,), "week of the file's earliest MJD",
             "first week the CSV covers (an empty week inside the span is really empty)"),
     Setting("STELLAR_SDSS_CSV_LAST_WEEK", (CODE,), "week of the file's latest MJD", "last week the CSV covers"),
