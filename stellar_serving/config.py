@@ -51,7 +51,7 @@ class ServingConfig:
         "ClassifyStream calls open at once (server-wide; more get RESOURCE_EXHAUSTED)")
     max_open_streams: int = _env(
         "STELLAR_MAX_OPEN_STREAMS", 4,
-        "reflection and health Watch streams open at once (these need no token; more get RESOURCE_EXHAUSTED)")
+        "reflection streams open at once (they need no token; more get RESOURCE_EXHAUSTED)")
     max_watch_streams: int = _env(
         "STELLAR_MAX_WATCH_STREAMS", 4,
         "health Watch streams open at once (never ended for idleness; more get RESOURCE_EXHAUSTED)")
