@@ -19,7 +19,6 @@ whether the 2008/2009 (SEGUE) and 2014 (eBOSS) era changes are caught.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
@@ -35,7 +34,7 @@ from stellar_core.drift import DriftThresholds, build_drift_report, choose_windo
 from stellar_core.features import FEATURE_NAMES, build_features, feature_matrix  # noqa: E402
 from stellar_core.sources.simulator import Drift, simulate_week  # noqa: E402
 from stellar_core.training import XGBoostParams, evaluate_booster, stratified_split, split_parts, train_booster  # noqa: E402
-from stellar_core.weeks import week_keys_for_mjds  # noqa: E402
+from stellar_core.weeks import Week, week_keys_for_mjds  # noqa: E402
 
 PARAMS = XGBoostParams(n_estimators=60, max_depth=4, learning_rate=0.2, nthread=1)
 SCENARIOS = ("feature_shift", "missing_values", "class_mix", "combined")
@@ -43,8 +42,8 @@ INTENSITIES = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 
 def weeks_from(start: str, count: int) -> list[str]:
-    day = dt.date.fromisoformat(start)
-    return [(day + dt.timedelta(days=7 * k)).isoformat() for k in range(count)]
+    first = Week.of(start)
+    return [(first + k).key for k in range(count)]
 
 
 class Champion:
@@ -94,7 +93,7 @@ def simulator_power(n_weeks: int, thresholds: DriftThresholds) -> dict:
     def rate(scenario: str, intensity: float, seed: int) -> dict:
         flagged, families, windows = 0, {}, []
         for week in evaluated:
-            start = (dt.date.fromisoformat(week) - dt.timedelta(days=7 * (thresholds.trailing_weeks - 1))).isoformat()
+            start = (Week.of(week) - (thresholds.trailing_weeks - 1)).key
             raw, used = windowed_raw(weeks_from(start, thresholds.trailing_weeks), Drift(scenario, intensity),
                                      seed, thresholds)
             report = champion.report(raw, thresholds)
@@ -122,7 +121,7 @@ def simulator_power(n_weeks: int, thresholds: DriftThresholds) -> dict:
 def real_sample(csv: Path, thresholds: DriftThresholds, retrain_every: int = 26, window: int = 104) -> dict:
     raw = pd.read_csv(csv)
     raw["week"] = week_keys_for_mjds(raw["MJD"].to_numpy())
-    all_weeks = weeks_from("2000-03-05", (dt.date(2020, 3, 22) - dt.date(2000, 3, 5)).days // 7 + 1)
+    all_weeks = [w.key for w in Week.range("2000-03-05", "2020-03-22")]
     by_week = {w: g.drop(columns="week") for w, g in raw.groupby("week")}
     rows = {w: len(by_week.get(w, ())) for w in all_weeks}
     champion, trained_at = None, None

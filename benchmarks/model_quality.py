@@ -33,7 +33,7 @@ from stellar_core.training import (  # noqa: E402
     stratified_split,
     train_booster,
 )
-from stellar_core.weeks import DR17_LAST_MJD, mjd_to_date, week_start  # noqa: E402
+from stellar_core.weeks import DR17_LAST_MJD, Week  # noqa: E402
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss17_sample.csv.gz"
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defaults", type=Path, default=None, help="model-selection defaults JSON to train with")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--week", default=week_start(mjd_to_date(DR17_LAST_MJD)).isoformat(),
+    parser.add_argument("--week", default=Week.from_mjd(DR17_LAST_MJD).key,
                         help="the partition W whose all-history window is trained (default: the last DR17 week)")
     args = parser.parse_args(argv)
     if not args.csv.exists():

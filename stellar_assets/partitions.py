@@ -8,21 +8,20 @@ and other sources can widen it with STELLAR_FIRST_WEEK / STELLAR_LAST_WEEK.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 
 import dagster as dg
 
 from stellar_core.sources.placement import WeekSpan
-from stellar_core.weeks import DR17_FIRST_WEEK, DR17_LAST_MJD, mjd_to_date, week_start
+from stellar_core.weeks import DR17_FIRST_WEEK, DR17_LAST_MJD, Week
 
 FIRST_WEEK = os.environ.get("STELLAR_FIRST_WEEK", DR17_FIRST_WEEK.isoformat())
-LAST_WEEK = os.environ.get("STELLAR_LAST_WEEK", week_start(mjd_to_date(DR17_LAST_MJD)).isoformat())
+LAST_WEEK = os.environ.get("STELLAR_LAST_WEEK", Week.from_mjd(DR17_LAST_MJD).key)
 
 
 def _end_date(last_week: str) -> str:
     # end_date is exclusive: the week after the last one.
-    return (dt.date.fromisoformat(last_week) + dt.timedelta(days=7)).isoformat()
+    return Week.of(last_week).next.key
 
 
 observation_weeks = dg.WeeklyPartitionsDefinition(

@@ -18,7 +18,6 @@ Empty weeks ride along inside the segment runs: no run per empty week.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from stellar_assets.monitoring.sensors import (
     build_retraining_sensor,
     promotion_of_run,
 )
+from stellar_core.weeks import Week
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -67,12 +67,11 @@ class ReplayLog:
 
 
 def _weeks(first: str, last: str) -> list[str]:
-    start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
-    return [(start + dt.timedelta(days=7 * k)).isoformat() for k in range((end - start).days // 7 + 1)]
+    return [w.key for w in Week.range(first, last)]
 
 
 def _shift(week: str, weeks: int) -> str:
-    return (dt.date.fromisoformat(week) + dt.timedelta(days=7 * weeks)).isoformat()
+    return (Week.of(week) + weeks).key
 
 
 def _materializations(result) -> dict[tuple[str, str], dict]:

@@ -387,9 +387,9 @@ def retraining_decision(week: str, status: str, failed_checks: Sequence[str], la
     if already_requested:
         return RetrainingDecision(False, f"{week}: retraining for this drift was already requested ({key})")
     if last_retraining_week is not None and last_retraining_week <= week:
-        import datetime as _dt
+        from stellar_core.weeks import Week
 
-        gap = (_dt.date.fromisoformat(week) - _dt.date.fromisoformat(last_retraining_week)).days // 7
+        gap = Week.of(week) - Week.of(last_retraining_week)
         if gap < cooldown_weeks:
             return RetrainingDecision(False, f"{week}: drift ({', '.join(failed_checks)}) but in cool-down: "
                                              f"retrained at {last_retraining_week}, {gap} week(s) ago (< {cooldown_weeks})")

@@ -35,7 +35,7 @@ from stellar_core.drift import (  # noqa: E402
 from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix  # noqa: E402
 from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ModelBundle  # noqa: E402
 from stellar_core.registry import champion_as_of, load_bundle  # noqa: E402
-from stellar_core.weeks import week_keys_for_mjds  # noqa: E402
+from stellar_core.weeks import Week, week_keys_for_mjds  # noqa: E402
 from stellar_assets.monitoring.resources import (  # noqa: E402
     PREDICTIONS_TABLE,
     ServerUnreachable,
@@ -403,9 +403,7 @@ def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFr
 
 
 def _weeks_back(week: str, n: int) -> str:
-    import datetime as dt
-
-    start = (dt.date.fromisoformat(week) - dt.timedelta(days=7 * n)).isoformat()
+    start = (Week.of(week) - n).key
     return max(start, observation_weeks.get_first_partition_key())
 
 

@@ -12,7 +12,6 @@ champion_model runs, records "retained", and the run succeeds.
 """
 
 
-import datetime as dt
 import os
 import time
 
@@ -47,6 +46,7 @@ from stellar_core.training import (
     stratified_split,
     train_booster,
 )
+from stellar_core.weeks import Week
 from stellar_assets.partitions import observation_weeks
 from stellar_assets.resources.io_managers import NOT_GUARDED, ROW_COUNT_FIELD
 from stellar_assets.training.gate import compare_with_incumbent
@@ -95,7 +95,7 @@ def window_first_week(week: str, window_weeks: int | None) -> str:
     first_partition = observation_weeks.get_first_partition_key()
     if window_weeks is None:
         return first_partition
-    start = (dt.date.fromisoformat(week) - dt.timedelta(days=7 * (window_weeks - 1))).isoformat()
+    start = (Week.of(week) - (window_weeks - 1)).key
     return max(start, first_partition)
 
 

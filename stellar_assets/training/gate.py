@@ -14,7 +14,6 @@ there would flatter it.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 import pandas as pd
@@ -25,11 +24,12 @@ from stellar_core.features import LABEL, feature_matrix, label_indices
 from stellar_core.model_bundle import ContractMismatch
 from stellar_core.registry import champion_as_of, load_bundle
 from stellar_core.training import Comparison, Evaluation, compare, evaluate
+from stellar_core.weeks import Week
 from stellar_assets.training.mlflow_glue import training_ids
 
 
 def next_week(week: str) -> str:
-    return (dt.date.fromisoformat(week) + dt.timedelta(days=7)).isoformat()
+    return Week.of(week).next.key
 
 
 @dataclass

@@ -16,7 +16,6 @@ The same (week, scenario, intensity, seed) always gives the same rows.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from stellar_core.contract import CLASSES, SDSS17_COLUMNS
-from stellar_core.weeks import date_to_mjd
+from stellar_core.weeks import Week
 
 SCENARIOS = ("none", "feature_shift", "missing_values", "class_mix", "combined")
 BASE_CLASS_MIX = {"GALAXY": 0.60, "QSO": 0.19, "STAR": 0.21}
@@ -96,9 +95,9 @@ def simulate_week(week: str, *, rows_mean: float = 30.0, drift: Drift = Drift(),
         redshift = np.where(labels == "STAR", redshift, redshift * (1 + 0.5 * drift.intensity))
     if drift.has("missing_values"):
         mags[rng.random(mags.shape) < 0.4 * drift.intensity] = np.nan
-    start = dt.date.fromisoformat(week)
-    mjd = date_to_mjd(start) + rng.integers(0, 7, n)
-    week_index = (start - dt.date(2000, 1, 2)).days // 7
+    start = Week.of(week)
+    mjd = start.mjd_range[0] + rng.integers(0, 7, n)
+    week_index = start.index
     serial = np.arange(n, dtype=np.uint64)
     plate = rng.integers(266, 12547, n)
     fiber = rng.integers(1, 1001, n)
