@@ -16,6 +16,7 @@ import pytest
 
 import stellar_core.home as home
 from stellar_assets.resources.sources import source_from_env
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -136,14 +137,6 @@ def test_stellar_ui_names_a_bad_port(port):
     done = subprocess.run([str(BIN / "stellar"), "ui", "--port", port], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"argument --port: '{port}' is not a TCP port (1-65535)" in done.stderr
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -1,9 +1,6 @@
 """Real parts for the monitoring tests: ingested SDSS weeks in a temporary project home, a real
-MLflow SQLite store, a real SQLite predictions database, real Dagster runs.
-
-The stretch of the sample is the 2008 change from SDSS-II (galaxies) to SEGUE
-(stars): a champion trained on March-April 2008 meets the star-heavy weeks of
-May-June 2008, so drift is real, not staged.
+MLflow SQLite store, a real SQLite predictions database, real Dagster runs (the weeks they use are
+in tests/monitoring/scenario.py).
 """
 
 from __future__ import annotations
@@ -35,16 +32,9 @@ from stellar_assets.training import (  # noqa: E402
     mlflow_tracking_resource,
     train_and_promote_job,
 )
+from tests.monitoring.scenario import CHAMPION_WEEK, FIRST_INGESTED, LAST_INGESTED, SMALL_MODEL  # noqa: E402
 
-FIRST_INGESTED = "2008-01-06"
-LAST_INGESTED = "2008-07-13"
 WINDOW_WEEKS = 8
-CHAMPION_WEEK = "2008-04-27"  # trained on 2008-03-09..2008-04-27: galaxies and stars
-STABLE_WEEK = "2008-04-27"  # (not predicted: the champion trained on it)
-DRIFT_WEEK = "2008-06-08"  # 42 spectra, 41 of them stars
-SMALL_WEEK = "2008-07-06"  # 4 spectra; with the 3 weeks before it 28 < 30 rows
-EMPTY_WEEK = "2008-05-18"  # no spectra at all
-SMALL_MODEL = {"n_estimators": 30, "max_depth": 3, "learning_rate": 0.3, "latency_single_row_repeats": 10}
 
 _names = itertools.count()
 
@@ -128,11 +118,3 @@ def champion_name(platform) -> str:
 @pytest.fixture
 def model_name(request) -> str:
     return f"mon-{request.node.name[:40]}-{next(_names)}".replace("[", "-").replace("]", "")
-
-
-def metadata_of(result: dg.ExecuteInProcessResult, asset: str, partition: str | None = None) -> dict:
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        if materialization.asset_key == dg.AssetKey(asset) and (partition is None or materialization.partition == partition):
-            return {k: v.value for k, v in materialization.metadata.items()}
-    raise AssertionError(f"{asset}[{partition}] was not materialized in this run")

@@ -4,7 +4,6 @@ a real SQLite predictions database and a real gRPC prediction server on 127.0.0.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import dagster as dg
@@ -16,13 +15,9 @@ from stellar_assets.monitoring import PredictionServer, PredictionsDatabase
 from stellar_assets.monitoring.sensors import reload_after_promotion, reload_prediction_server
 from stellar_core.model_bundle import TAG_WINDOW_LAST
 from stellar_core.registry import get_alias_version
-from tests.monitoring.conftest import (
-    CHAMPION_WEEK,
-    DRIFT_WEEK,
-    EMPTY_WEEK,
-    SMALL_WEEK,
-    metadata_of,
-)
+from tests.dagster_support import metadata_of
+from tests.monitoring.scenario import CHAMPION_WEEK, DRIFT_WEEK, EMPTY_WEEK, SMALL_WEEK
+from tests.support import free_port
 
 STABLE = "2008-05-04"  # first week after the champion's window: mixed galaxies and stars, no drift
 
@@ -123,12 +118,6 @@ def test_drift_plots_are_logged_to_mlflow(platform, champion_name):
     assert files == {"drift/distributions.png", "drift/drift_report.json"}
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
-
-
 def test_serving_report_reads_a_real_server_and_reload_follows_a_promotion(platform, model_name, tmp_path):
     from stellar_serving.client import StellarClient
     from stellar_serving.config import ServingConfig
@@ -174,7 +163,7 @@ def test_serving_report_reads_a_real_server_and_reload_follows_a_promotion(platf
         server.stop(grace=0.5)
 
     # The same server gone: a reported state, not a crash.
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     down = PredictionServer(grpc_target=f"127.0.0.1:{port}", metrics_url=f"http://127.0.0.1:{port}/metrics",
                             timeout_seconds=2)
     unreachable = platform.monitor(model_name, DRIFT_WEEK, db_name=model_name, server=down,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,14 +15,9 @@ import pytest
 
 from stellar_assets.monitoring.resources import PredictionsDatabase
 from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG, StorageError
+from tests.support import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +25,7 @@ def postgres_url():
     if not (PG_BIN / "initdb").exists():
         pytest.skip("PostgreSQL 15 is not installed (make system-deps installs it)")
     root = Path(tempfile.mkdtemp(prefix="stellar-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     as_postgres = os.geteuid() == 0  # initdb and postgres refuse to run as root
     if as_postgres:
         user = pwd.getpwnam("postgres")

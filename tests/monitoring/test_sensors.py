@@ -15,7 +15,7 @@ from stellar_assets.monitoring.sensors import (
     TRIGGER_TAG,
     build_retraining_sensor,
 )
-from tests.monitoring.conftest import DRIFT_WEEK, SMALL_WEEK
+from tests.monitoring.scenario import DRIFT_WEEK, SMALL_WEEK
 
 STABLE = "2008-05-04"
 

@@ -11,8 +11,6 @@ training-window tags; the alias `champion` picks the one to serve.
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,15 +20,8 @@ import pytest
 
 from stellar_core.contract import MODEL_INPUTS
 from stellar_core.features import FEATURE_NAMES, build_features, feature_matrix, label_indices
-from stellar_core.model_bundle import (
-    CHAMPION_ALIAS,
-    DEFAULT_MODEL_NAME,
-    TAG_WINDOW_FIRST,
-    TAG_WINDOW_LAST,
-    ModelBundle,
-    SERVING_ARTIFACT_DIR,
-    new_contract,
-)
+from stellar_core.model_bundle import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, ModelBundle, new_contract
+from tests.support import free_port, publish
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here: do not try to phone home
 
@@ -43,12 +34,6 @@ MODEL_PARAMS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_booster(features: pd.DataFrame, params: dict, rounds: int):
     import xgboost as xgb
 
@@ -56,35 +41,6 @@ def train_booster(features: pd.DataFrame, params: dict, rounds: int):
                          feature_names=list(FEATURE_NAMES))
     return xgb.train({"objective": "multi:softprob", "num_class": 3, "tree_method": "hist", "nthread": 2, **params},
                      matrix, rounds)
-
-
-def publish(tracking_uri: str, experiment_id: str, booster, window: tuple[str, str], metrics: dict) -> str:
-    """One model version, the way the training assets publish it; returns the version."""
-    import mlflow
-    from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    example = pd.DataFrame(np.full((2, len(FEATURE_NAMES)), 18.0, dtype=np.float32), columns=list(FEATURE_NAMES))
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_metrics(metrics)
-        mlflow.xgboost.log_model(
-            booster, name="model", input_example=example,
-            signature=infer_signature(example, np.full((2, 3), 1 / 3, dtype=np.float32)),
-            pip_requirements=["xgboost"],  # skip requirement inference: it spawns a slow subprocess
-        )
-        card = {"name": DEFAULT_MODEL_NAME, "training_window": {"first_week": window[0], "last_week": window[1]},
-                "metrics": metrics}
-        with tempfile.TemporaryDirectory() as tmp:
-            ModelBundle(booster=booster, contract=new_contract(), card=card).save(Path(tmp) / SERVING_ARTIFACT_DIR)
-            mlflow.log_artifacts(str(Path(tmp) / SERVING_ARTIFACT_DIR), artifact_path=SERVING_ARTIFACT_DIR)
-        run_id = run.info.run_id
-    version = mlflow.register_model(f"runs:/{run_id}/model", DEFAULT_MODEL_NAME).version
-    client = MlflowClient(tracking_uri)
-    client.set_model_version_tag(DEFAULT_MODEL_NAME, str(version), TAG_WINDOW_FIRST, window[0])
-    client.set_model_version_tag(DEFAULT_MODEL_NAME, str(version), TAG_WINDOW_LAST, window[1])
-    return str(version)
 
 
 @dataclass
@@ -203,15 +159,3 @@ def make_server(registry, tmp_path):
     yield start
     for server in servers:
         server.stop(grace=0.5)
-
-
-def to_objects(inputs: np.ndarray, prefix: str = "obj"):
-    """float32 [n, 6] -> stellar.v1 SdssObject messages with client ids prefix-k."""
-    from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-
-    return [pb.SdssObject(client_id=f"{prefix}-{k}", **dict(zip(MODEL_INPUTS, map(float, row))))
-            for k, row in enumerate(inputs)]
-
-
-def probabilities_of(result, classes=("GALAXY", "QSO", "STAR")) -> list[float]:
-    return [result.probabilities[c] for c in classes]

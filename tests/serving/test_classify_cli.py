@@ -21,8 +21,7 @@ import pytest
 
 from stellar_core.contract import CLASSES, MODEL_INPUTS
 from stellar_serving import cli
-
-from .conftest import free_port
+from tests.support import free_port
 
 HEADER = ["spec_obj_ID", *MODEL_INPUTS]
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving.booster_call import BoosterCallError, DensePredictor
 from stellar_serving.validation import InvalidInput, objects_to_inputs
 
-from .conftest import to_objects
+from .messages import to_objects
 
 
 def _inplace(booster, features: np.ndarray) -> np.ndarray:

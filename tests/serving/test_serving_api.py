@@ -18,7 +18,7 @@ from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_serving.client import StellarClient
 
-from .conftest import probabilities_of, to_objects
+from .messages import probabilities_of, to_objects
 
 MAX_BATCH = 200
 

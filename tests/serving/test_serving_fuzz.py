@@ -17,7 +17,7 @@ from stellar_core.model_bundle import DEFAULT_MODEL_NAME
 from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
 from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 
-from .conftest import to_objects
+from .messages import to_objects
 
 SEED = 20261127
 # Codes that mean the server failed rather than judged the request (UNAVAILABLE:

@@ -16,8 +16,9 @@ from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
 from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from tests.support import free_port
 
-from .conftest import free_port, probabilities_of, to_objects
+from .messages import probabilities_of, to_objects
 
 SERVICES = ("", "stellar.v1.Classifier", "inference.GRPCInferenceService")
 

@@ -22,8 +22,9 @@ from stellar_core.contract import CLASSES, MODEL_INPUTS
 from stellar_serving import cli
 from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from tests.support import free_port
 
-from .conftest import free_port, to_objects
+from .messages import to_objects
 
 PACKAGE = Path(__file__).resolve().parents[2] / "stellar_serving"
 

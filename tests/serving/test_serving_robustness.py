@@ -21,7 +21,7 @@ from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_serving.config import ServingConfig
 from stellar_serving.model_store import ModelRejected
 
-from .conftest import to_objects
+from .messages import to_objects
 
 TOKEN = "s3cret-token"
 CLASSIFY = "/stellar.v1.Classifier/Classify"
@@ -214,7 +214,7 @@ def binary_champion(registry, sample):
 
     from stellar_core.features import FEATURE_NAMES, build_features, feature_matrix, label_indices
 
-    from .conftest import publish
+    from tests.support import publish
 
     features, _ = build_features(sample)
     matrix = xgb.DMatrix(feature_matrix(features), label=(label_indices(features["label"]) == 0).astype(float),

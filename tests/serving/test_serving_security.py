@@ -18,7 +18,7 @@ from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_serving.client import StellarClient
 
-from .conftest import to_objects
+from .messages import to_objects
 
 TOKEN = "s3cret-token"
 

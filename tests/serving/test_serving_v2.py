@@ -16,7 +16,7 @@ from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_
 from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 
-from .conftest import probabilities_of, to_objects
+from .messages import probabilities_of, to_objects
 
 MODEL = "stellar-classifier"
 

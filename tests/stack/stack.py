@@ -18,7 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from .harness import Postgres, Proc, Relay, free_port, port_open, tail, wait_for
+from tests.support import free_port
+
+from .harness import Postgres, Proc, Relay, port_open, tail, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

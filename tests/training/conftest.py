@@ -25,17 +25,9 @@ from stellar_assets.training import (
     build_training_assets,
     mlflow_tracking_resource,
 )
+from tests.training.scenario import FIRST_INGESTED, LAST_INGESTED
 
-# A busy stretch of the sample: 13 weeks, about 800 spectra.
-FIRST_INGESTED = "2012-04-01"
-LAST_INGESTED = "2012-06-24"
 WINDOW_WEEKS = 8
-EARLY_WEEK = "2012-05-20"  # window 2012-04-01 .. 2012-05-20
-LATE_WEEK = "2012-06-24"  # window 2012-05-06 .. 2012-06-24
-
-# Small models keep the suite fast; the quality bar is measured by benchmarks/model_quality.py.
-STRONG = {"n_estimators": 40, "max_depth": 4, "latency_single_row_repeats": 20}
-WEAK = {"n_estimators": 1, "max_depth": 1, "class_weighting": "none", "latency_single_row_repeats": 20}
 
 _names = itertools.count()
 
@@ -96,17 +88,3 @@ def store(tmp_path_factory, sdss_sample_path) -> Store:
 @pytest.fixture
 def model_name(request) -> str:
     return f"test-{request.node.name[:40]}-{next(_names)}".replace("[", "-").replace("]", "")
-
-
-def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    for event in result.get_asset_materialization_events():
-        if event.asset_key == dg.AssetKey(asset):
-            return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
-    raise AssertionError(f"{asset} was not materialized in this run")
-
-
-def check_of(result: dg.ExecuteInProcessResult, name: str):
-    for evaluation in result.get_asset_check_evaluations():
-        if evaluation.check_name == name:
-            return evaluation
-    raise AssertionError(f"check {name} did not run")

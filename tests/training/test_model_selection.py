@@ -20,7 +20,8 @@ from stellar_core.model_selection import (
     sample_candidates,
 )
 from stellar_core.training import TrainingInputError
-from tests.training.conftest import EARLY_WEEK, metadata_of
+from tests.dagster_support import metadata_of
+from tests.training.scenario import EARLY_WEEK
 
 
 def test_cross_validation_is_stratified_and_repeatable(sdss_sample):
@@ -88,7 +89,7 @@ def test_unreadable_defaults_are_an_error_naming_the_file(store, model_name, tmp
 
 
 def test_two_tracked_assets_in_one_run_get_their_own_mlflow_runs(store, model_name, tmp_path):
-    from tests.training.conftest import STRONG
+    from tests.training.scenario import STRONG
 
     result = dg.materialize(
         [*INGESTION_ASSETS, *store.training_assets, model_selection],

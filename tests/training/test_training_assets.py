@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
 from stellar_assets.training import describe_champion
 from stellar_core.registry import champion_as_of, get_alias_version
-from tests.training.conftest import EARLY_WEEK, LATE_WEEK, STRONG, WEAK, check_of, metadata_of
+from tests.dagster_support import check_of, metadata_of
+from tests.training.scenario import EARLY_WEEK, LATE_WEEK, STRONG, WEAK
 
 
 def _client(store) -> MlflowClient:
