@@ -2,10 +2,10 @@
 holding two champions-to-be trained on the shared SDSS sample, and real servers
 on 127.0.0.1.
 
-Models are published as the training assets publish them: an MLflow run with
-the xgboost `model/` (pyfunc, 13 feature columns) and the `serving/` bundle,
-registered as versions of `stellar-classifier` from runs:/<run>/model, with
-training-window tags; the alias `champion` picks the one to serve.
+Models are published through the training asset's own logging (tests/support.py
+publish): an MLflow run with the xgboost `model/` (pyfunc, 13 feature columns) and
+the `serving/` bundle, registered as versions of `stellar-classifier` from
+runs:/<run>/model, with training-window tags; the alias `champion` picks the one to serve.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def registry(tmp_path_factory, sample) -> Registry:
     reg = Registry(root=root, tracking_uri=uri)
     for expected_version, (params, rounds, window) in MODEL_PARAMS.items():
         booster = train_booster(features, params, rounds)
-        version = publish(uri, experiment_id, booster, window, {"accuracy": 0.9, "log_loss": 0.2})
+        version = publish(uri, experiment_id, booster, window, {"accuracy": 0.9, "log_loss": 0.2}, features)
         assert version == expected_version
         reg.bundles[version] = ModelBundle(booster=booster, contract=new_contract())
         reg.windows[version] = window

@@ -214,14 +214,15 @@ def binary_champion(registry, sample):
 
     from stellar_core.features import FEATURE_NAMES, build_features, feature_matrix, label_indices
 
-    from tests.support import publish
+    from tests.support import publish_by_hand
 
     features, _ = build_features(sample)
     matrix = xgb.DMatrix(feature_matrix(features), label=(label_indices(features["label"]) == 0).astype(float),
                          feature_names=list(FEATURE_NAMES))
     booster = xgb.train({"objective": "binary:logistic", "nthread": 2}, matrix, 5)
     experiment = registry.client().get_experiment_by_name("stellar-serving-tests").experiment_id
-    version = publish(registry.tracking_uri, experiment, booster, ("2014-01-05", "2016-12-25"), {"accuracy": 0.5})
+    version = publish_by_hand(registry.tracking_uri, experiment, booster, ("2014-01-05", "2016-12-25"),
+                              {"accuracy": 0.5})
     yield version
     registry.set_champion("1")
 
