@@ -326,6 +326,16 @@ def _ended_by_client(context) -> tuple[str, str]:
     return "CANCELLED", "cancelled by the client"
 
 
+def _client_state_known(context) -> bool:
+    """Whether grpcio exposes the call's client state (`_state.client`), which tells a cancel from
+    a half-close once the call has ended. Without it, streams ending normally count as OK."""
+    return isinstance(getattr(getattr(context, "_state", None), "client", None), str)
+
+
+def _client_cancelled(context) -> bool:
+    return getattr(getattr(context, "_state", None), "client", None) == "cancelled"
+
+
 def _end_call(context, code: grpc.StatusCode, details: str) -> None:
     """End a call from another thread than the one serving it, with a status the client sees.
 
@@ -469,6 +479,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
 
     def _wrap_streaming(self, behaviour, method: str, take, served: bool):
         record, status, admit, release = self._record, self._status, self._admit, self._release
+        ended_idle = self._streams.ended_idle
 
         def streaming(requests, context):
             start = time.perf_counter()
@@ -481,9 +492,23 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                 if once.acquire(blocking=False):
                     record(method, code, time.perf_counter() - start, context, details)
 
-            # A client that cancels while this generator waits at a `yield` is not seen here
-            # until the abandoned generator is collected; gRPC's termination callback is.
-            context.add_callback(lambda: None if context.is_active() else record_once(*status(context, None)))
+            finished_ok = []  # set when the generator ended normally: gRPC alone knows yet whether that was a cancel
+
+            def on_termination():
+                # A cancel can reach this generator as the end of the requests (gRPC completes the
+                # pending read with nothing before it learns of the cancel), or not at all while it
+                # waits at a `yield`. By the time gRPC calls this, it knows.
+                idle = ended_idle(context)  # the watchdog's own cancel is not the client's
+                if idle is not None:
+                    record_once("DEADLINE_EXCEEDED", idle)
+                elif _client_cancelled(context):
+                    record_once(*_ended_by_client(context))
+                elif finished_ok:
+                    record_once("OK", "")
+                elif not context.is_active():
+                    record_once(*status(context, None))
+
+            context.add_callback(on_termination)
             try:
                 if served:
                     admit(context)
@@ -498,7 +523,11 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             finally:
                 if admitted:
                     release()
-                record_once(*status(context, None if cancelled else exc))
+                outcome = status(context, None if cancelled else exc)
+                if outcome[0] == "OK" and _client_state_known(context):
+                    finished_ok.append(True)  # on_termination records it, as OK or as the cancel it was
+                else:
+                    record_once(*outcome)
                 exc = None  # see _wrap_unary
 
         return streaming
