@@ -1,4 +1,4 @@
-"""Build hook: generate the gRPC / protobuf stubs of protos/ into stellar_serving/_generated.
+"""Build hook: generate the gRPC / protobuf stubs of protos/ into stellar_api/_generated.
 
 Everything else about the package lives in pyproject.toml. The stubs are not
 committed: they are made by the grpcio-tools pinned in [build-system] (the same
@@ -20,8 +20,8 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = ROOT / "protos"
-OUT_PACKAGE = "stellar_serving._generated"
-OUT_DIR = ROOT / "stellar_serving" / "_generated"
+OUT_PACKAGE = "stellar_api._generated"
+OUT_DIR = ROOT / "stellar_api" / "_generated"
 
 # Proto packages registered in a private descriptor pool instead of the global
 # one: `inference` is also defined by tritonclient and KServe's own stubs, and two

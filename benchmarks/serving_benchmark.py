@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     from stellar_core.features import FEATURE_NAMES, build_features, derive_feature_matrix
     from stellar_core.model_bundle import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
     from stellar_core.registry import get_alias_version, load_bundle
-    from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-    from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+    from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+    from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
     from mlflow.tracking import MlflowClient
 
     features, _ = build_features(pd.read_csv(SAMPLE))

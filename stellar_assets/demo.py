@@ -171,7 +171,7 @@ def _serve_and_classify(n_objects: int = 6) -> int:
 
     from stellar_core.contract import CLASSES, MODEL_INPUTS
     from stellar_core.home import data_dir, mlflow_tracking_uri, project_home
-    from stellar_serving.client import StellarClient
+    from stellar_api.client import StellarClient
 
     def free_port() -> int:
         with socket.socket() as s:

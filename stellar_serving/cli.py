@@ -27,7 +27,7 @@ import grpc
 
 from stellar_core.contract import CLASSES, INPUT_RANGES, MODEL_INPUTS
 
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 
 API_VERSION = pb.DESCRIPTOR.package  # the gRPC package: changes only with an incompatible API
 EXIT_ERROR = 2
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    from stellar_serving.client import CsvInputError, InvalidRow
+    from stellar_api.client import CsvInputError, InvalidRow
 
     try:
         return {"classify": _classify, "model-info": _model_info, "reload": _reload}[args.command](args)
@@ -169,7 +169,7 @@ def _serve(args) -> int:
 
 
 def _client(args):
-    from stellar_serving.client import StellarClient
+    from stellar_api.client import StellarClient
 
     return StellarClient(args.target, token=args.token, tls_ca=args.tls_ca, timeout=args.timeout,
                          tls_server_name=args.tls_server_name)
@@ -188,7 +188,7 @@ def _classify(args) -> int:
 
 
 def _classify_csv(args) -> int:
-    from stellar_serving.client import CsvObjects
+    from stellar_api.client import CsvObjects
 
     if any(getattr(args, name) is not None for name in MODEL_INPUTS):
         raise CommandError("give either --csv or the input flags (--u ... --redshift), not both")
@@ -292,7 +292,7 @@ def _stream_predictions(args, source, writer) -> tuple[Counter, set[str]]:
 
 def _row_count(path: str) -> int | None:
     """Rows for the progress bar; None (no total) if the file cannot be counted."""
-    from stellar_serving.client import READ_ERRORS, count_csv_rows
+    from stellar_api.client import READ_ERRORS, count_csv_rows
 
     try:
         return count_csv_rows(path)
@@ -301,7 +301,7 @@ def _row_count(path: str) -> int | None:
 
 
 def _failure_hint(args, source) -> str:
-    from stellar_serving.client import InvalidRow
+    from stellar_api.client import InvalidRow
 
     written = f"; {args.output} was not written" if args.output else ""
     if isinstance(source.failure, InvalidRow):

@@ -36,10 +36,10 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
-from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
+from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics

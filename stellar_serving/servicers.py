@@ -20,10 +20,10 @@ import numpy as np
 from stellar_core.contract import CONTRACT_VERSION, INPUT_RANGES, MODEL_INPUTS
 from stellar_core.features import FEATURE_NAMES
 
-from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
-from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
+from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics

@@ -171,7 +171,7 @@ class PredictionServer(dg.ConfigurableResource):
         """Ask the server to re-resolve the champion alias now; {'changed', 'version', ...}."""
         import grpc
 
-        from stellar_serving.client import StellarClient
+        from stellar_api.client import StellarClient
 
         try:
             with StellarClient(self.grpc_target, token=self.admin_token, timeout=self.timeout_seconds) as client:

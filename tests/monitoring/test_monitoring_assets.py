@@ -119,7 +119,7 @@ def test_drift_plots_are_logged_to_mlflow(platform, champion_name):
 
 
 def test_serving_report_reads_a_real_server_and_reload_follows_a_promotion(platform, model_name, tmp_path):
-    from stellar_serving.client import StellarClient
+    from stellar_api.client import StellarClient
     from stellar_serving.config import ServingConfig
     from stellar_serving.server import StellarServer
 

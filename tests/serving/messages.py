@@ -9,7 +9,7 @@ from stellar_core.contract import MODEL_INPUTS
 
 def to_objects(inputs: np.ndarray, prefix: str = "obj"):
     """float32 [n, 6] -> stellar.v1 SdssObject messages with client ids prefix-k."""
-    from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
+    from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 
     return [pb.SdssObject(client_id=f"{prefix}-{k}", **dict(zip(MODEL_INPUTS, map(float, row))))
             for k, row in enumerate(inputs)]

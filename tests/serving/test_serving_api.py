@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from stellar_core.contract import CLASSES, MODEL_INPUTS
 from stellar_core.features import FEATURE_NAMES
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
-from stellar_serving.client import StellarClient
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api.client import StellarClient
 
 from .messages import probabilities_of, to_objects
 

@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stellar_core.features import derive_feature_matrix
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME
-from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 
 from .messages import to_objects
 
@@ -102,7 +102,7 @@ def test_mutated_requests_on_every_unary_method_get_deliberate_answers(make_serv
     assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= set(codes)  # the mutations hit both sides
 
     # Good calls still work, and nothing was counted as a server failure.
-    from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+    from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 
     stub = pb_grpc.ClassifierStub(channel)
     for _ in range(20):

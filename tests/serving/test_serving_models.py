@@ -12,10 +12,10 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stellar_core.features import derive_feature_matrix
-from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
-from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
+from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from tests.support import free_port
 
 from .messages import probabilities_of, to_objects

@@ -20,8 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stellar_core.contract import CLASSES, MODEL_INPUTS
 from stellar_serving import cli
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from tests.support import free_port
 
 from .messages import to_objects
@@ -32,7 +32,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "stellar_serving"
 def test_stellar_serving_never_imports_dagster():
     code = (
         "import sys\n"
-        "import stellar_serving.server, stellar_serving.cli, stellar_serving.client\n"
+        "import stellar_serving.server, stellar_serving.cli, stellar_api.client\n"
         "import stellar_serving.model_store, stellar_serving.servicers, stellar_serving.validation\n"
         "leaked = sorted(m for m in sys.modules if m == 'dagster' or m.startswith('dagster'))\n"
         "print('dagster modules:', leaked)\n"
@@ -44,7 +44,7 @@ def test_stellar_serving_never_imports_dagster():
 
 
 def test_generated_stubs_are_a_package_with_relative_imports():
-    generated = PACKAGE / "_generated"
+    generated = PACKAGE.parent / "stellar_api" / "_generated"
     for folder in (generated, generated / "stellar", generated / "stellar" / "v1", generated / "inference"):
         assert (folder / "__init__.py").is_file(), folder
     grpc_stub = (generated / "stellar" / "v1" / "classifier_pb2_grpc.py").read_text()
@@ -53,7 +53,7 @@ def test_generated_stubs_are_a_package_with_relative_imports():
     # defines the same `inference.*` names) can be imported in the same process.
     import tritonclient.grpc.service_pb2  # noqa: F401
 
-    from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
+    from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
 
     assert v2.ModelInferRequest.DESCRIPTOR.full_name == "inference.ModelInferRequest"
     assert v2.DESCRIPTOR.pool is not tritonclient.grpc.service_pb2.DESCRIPTOR.pool

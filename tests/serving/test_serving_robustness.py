@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_serving.config import ServingConfig
 from stellar_serving.model_store import ModelRejected
 
@@ -348,8 +348,8 @@ def test_long_client_ids_are_refused_or_cut_in_messages_and_logs(make_server, re
 
 
 def test_long_names_in_v2_requests_are_cut_in_messages(make_server, registry):
-    from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
-    from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+    from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
+    from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 
     registry.set_champion("1")
     server = make_server()

@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from stellar_serving import cli
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
-from stellar_serving.client import StellarClient
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api.client import StellarClient
 
 from .messages import to_objects
 

@@ -11,10 +11,10 @@ import grpc
 
 from stellar_core.contract import CLASSES, MODEL_INPUTS
 from stellar_core.features import FEATURE_NAMES, derive_feature_matrix
-from stellar_serving._generated.inference import grpc_predict_v2_pb2 as v2
-from stellar_serving._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
+from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 
 from .messages import probabilities_of, to_objects
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from stellar_core.model_bundle import TAG_DAGSTER_RUN, TAG_WINDOW_LAST
-from stellar_serving.client import StellarClient
+from stellar_api.client import StellarClient
 
 from .dagster_api import DagsterApi
 from .harness import wait_for

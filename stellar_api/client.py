@@ -1,6 +1,6 @@
 """Python client of the stellar.v1 classification API.
 
-    from stellar_serving.client import StellarClient
+    from stellar_api.client import StellarClient
     with StellarClient("localhost:50051", token="...", tls_ca="ca.pem") as client:
         result = client.classify(u=19.1, g=17.9, r=17.3, i=17.0, z=16.8, redshift=0.07, client_id="obj-1")
         for result in client.classify_stream(objects):   # dicts with u, g, r, i, z, redshift[, client_id]
@@ -27,8 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stellar_core.contract import MODEL_INPUTS
 
-from stellar_serving._generated.stellar.v1 import classifier_pb2 as pb
-from stellar_serving._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 
 CLIENT_ID_COLUMNS = ("client_id", "spec_obj_ID", "obj_ID", "object_id")
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
