@@ -3,20 +3,20 @@
 A partition is the week (Sunday 00:00 UTC onwards) in which SDSS took a
 spectrum; stellar_core.weeks maps MJDs to the same keys. The default range is
 SDSS DR17's: 2000-03-05 to the week of MJD 58932 (2020-03-22). The simulator
-and other sources can widen it with STELLAR_FIRST_WEEK / STELLAR_LAST_WEEK.
+and other sources can widen it with STELLAR_FIRST_WEEK / STELLAR_LAST_WEEK
+(stellar_assets/settings.py).
 """
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
+from stellar_assets.settings import load_settings
 from stellar_core.sources.placement import WeekSpan
-from stellar_core.weeks import DR17_FIRST_WEEK, DR17_LAST_MJD, Week
+from stellar_core.weeks import Week
 
-FIRST_WEEK = os.environ.get("STELLAR_FIRST_WEEK", DR17_FIRST_WEEK.isoformat())
-LAST_WEEK = os.environ.get("STELLAR_LAST_WEEK", Week.from_mjd(DR17_LAST_MJD).key)
+FIRST_WEEK = load_settings().first_week
+LAST_WEEK = load_settings().last_week
 
 
 def _end_date(last_week: str) -> str:

@@ -13,7 +13,6 @@ row) and, when the caller says which week each row belongs to, the tolerances
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -35,9 +34,6 @@ from stellar_core.contract import (
     SDSS17_COLUMNS,
     SENTINEL_THRESHOLD,
 )
-
-# No usage analytics from a pipeline run.
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 # Out-of-range values beyond 1% of a batch mean a broken export, not noise.
 RANGE_MOSTLY = 0.99
@@ -153,10 +149,16 @@ def _validation_definition():
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    # No usage analytics and no progress bars from a pipeline run; set on the context, not the process.
+    config = DataContextConfig(analytics_enabled=False, store_backend_defaults=InMemoryStoreBackendDefaults(),
+                               progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False))
+    context = gx.get_context(mode="ephemeral", project_config=config)
     batch = (
         context.data_sources.add_pandas("stellar")
         .add_dataframe_asset("raw_observations")

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 import stellar_core.home as home
-from stellar_assets.resources.sources import source_from_env
+from stellar_app.home import EMBEDDED_INSTANCE_YAML
+from stellar_assets.resources.sources import observation_source
+from stellar_assets.settings import CodeLocationSettings
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,8 +84,8 @@ def test_the_root_instance_is_the_one_stellar_opens_for_the_default_home(tmp_pat
     """`dagster dev` from the root and `stellar ui` (STELLAR_HOME unset) share one instance."""
     root = run_from_root([sys.executable, "-c", INSTANCE_PATHS], root_env(REPO))
     assert root.returncode == 0, root.stderr
-    # What configure_environment() sets up for the default home: its instance file, in DAGSTER_HOME.
-    (tmp_path / "dagster.yaml").write_text(home.EMBEDDED_INSTANCE_YAML)
+    # What stellar_app.home.prepare_home() sets up for the default home: its instance file, in DAGSTER_HOME.
+    (tmp_path / "dagster.yaml").write_text(EMBEDDED_INSTANCE_YAML)
     default_home = REPO / ".stellar" / "dagster"
     stellar = run_from_root([sys.executable, "-c", INSTANCE_PATHS, str(tmp_path), str(default_home)],
                             root_env(None))
@@ -106,7 +108,7 @@ def default_csv(tmp_path, monkeypatch) -> Path:
 
 
 def test_the_code_location_reads_the_default_csv_without_stellar_setting_it(default_csv):
-    source = source_from_env()
+    source = observation_source(CodeLocationSettings())
     assert source.csv_path == str(default_csv) == home.default_sdss_csv()[0]
     assert source.resolved_kind == "sdss_csv"
     assert source.identity == "sdss"
@@ -114,29 +116,29 @@ def test_the_code_location_reads_the_default_csv_without_stellar_setting_it(defa
 
 def test_explicit_settings_still_win_over_the_default_csv(default_csv, monkeypatch, tmp_path):
     monkeypatch.setenv("STELLAR_SDSS_CSV", str(tmp_path / "mine.csv"))
-    assert source_from_env().csv_path == str(tmp_path / "mine.csv")
+    assert observation_source(CodeLocationSettings()).csv_path == str(tmp_path / "mine.csv")
     monkeypatch.delenv("STELLAR_SDSS_CSV")
     monkeypatch.setenv("STELLAR_SOURCE", "simulator")
-    assert source_from_env().resolved_kind == "simulator"
+    assert observation_source(CodeLocationSettings()).resolved_kind == "simulator"
 
 
 def test_without_any_csv_the_code_location_uses_the_simulator(default_csv, monkeypatch, tmp_path):
     monkeypatch.setattr(home, "SHARED_SAMPLE", tmp_path / "absent.csv.gz")
-    assert source_from_env().resolved_kind == "simulator"
+    assert observation_source(CodeLocationSettings()).resolved_kind == "simulator"
 
 
 def test_stellar_ui_help_shows_host_and_port_defaults():
     done = subprocess.run([str(BIN / "stellar"), "ui", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "--port PORT" in done.stdout and "(default: 3000)" in done.stdout
-    assert "--host HOST" in done.stdout and "(default: 127.0.0.1)" in done.stdout
+    assert "--port PORT" in done.stdout and "[default: 3000]" in done.stdout
+    assert "--host TEXT" in done.stdout and "[default: 127.0.0.1]" in done.stdout
 
 
 @pytest.mark.parametrize("port", ["0", "70000", "http"])
 def test_stellar_ui_names_a_bad_port(port):
     done = subprocess.run([str(BIN / "stellar"), "ui", "--port", port], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert f"argument --port: '{port}' is not a TCP port (1-65535)" in done.stderr
+    assert f"Invalid value for '--port': '{port}' is not a TCP port (1-65535)" in done.stderr
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """Weekly batch predictions, drift checks and sensor-triggered retraining.
 
-Merge into Definitions (training_resources() supplies model_registry, ingestion_resources() the io_manager):
+Merge into Definitions (training_resources(settings) supplies model_registry, ingestion_resources(settings) the io_manager):
     assets=[*MONITORING_ASSETS], asset_checks=[*MONITORING_CHECKS], jobs=[*MONITORING_JOBS],
-    sensors=[*MONITORING_SENSORS], schedules=[*MONITORING_SCHEDULES], resources={**monitoring_resources()}
+    sensors=[*MONITORING_SENSORS], schedules=[*MONITORING_SCHEDULES], resources={**monitoring_resources(settings)}
 MONITORING_CHECKS is empty: drift_report's checks are `check_specs` of the asset.
 """
 

@@ -6,7 +6,7 @@ points STELLAR_PREDICTIONS_DB_URL at PostgreSQL
 (postgresql+psycopg2://user:pass@host/db) and STELLAR_SERVING_TARGET /
 STELLAR_SERVING_METRICS_URL at the deployed server. The database URL and
 STELLAR_AUTH_TOKEN are secrets: the resources hold them as dg.EnvVar, never
-their values (see stellar_assets.resources.env_var_or).
+their values (see CodeLocationSettings.secret).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
+from stellar_assets.settings import CodeLocationSettings
 from stellar_core.contract import CLASSES
 from stellar_core.drift import DriftThresholds
-from stellar_core.home import mlflow_artifact_root, project_home
-from stellar_assets.resources import env_var_or
 from stellar_assets.resources.io_managers import refuse_shrinking
 
 _log = logging.getLogger(__name__)
@@ -205,19 +204,15 @@ class DriftSettings(dg.ConfigurableResource):
                                rejected_rise=self.rejected_rise)
 
 
-def default_predictions_url() -> str:
-    """The configured URL as an EnvVar (it holds the password), else the embedded SQLite file."""
-    return env_var_or(dg.EnvVar("STELLAR_PREDICTIONS_DB_URL"), f"sqlite:///{project_home() / 'predictions.db'}")
-
-
-def monitoring_resources() -> dict:
-    """Resources the monitoring assets add to the code location (training_resources() supplies model_registry)."""
+def monitoring_resources(settings: CodeLocationSettings) -> dict:
+    """Resources the monitoring assets add to the code location (training_resources(settings) supplies model_registry)."""
     return {
-        "predictions_db": PredictionsDatabase(url=default_predictions_url()),
+        "predictions_db": PredictionsDatabase(
+            url=settings.secret("predictions_db_url", settings.default_predictions_url)),
         "prediction_server": PredictionServer(
-            grpc_target=os.environ.get("STELLAR_SERVING_TARGET", "127.0.0.1:50051"),
-            metrics_url=os.environ.get("STELLAR_SERVING_METRICS_URL", "http://127.0.0.1:9464/metrics"),
-            admin_token=env_var_or(dg.EnvVar("STELLAR_AUTH_TOKEN"), None),
+            grpc_target=settings.serving_target,
+            metrics_url=settings.serving_metrics_url,
+            admin_token=settings.secret("auth_token", None),
         ),
-        "drift_settings": DriftSettings(artifact_root=mlflow_artifact_root()),
+        "drift_settings": DriftSettings(artifact_root=settings.artifact_root),
     }

@@ -14,11 +14,11 @@ down is reported as a skip: it polls the alias itself when it comes back.
 """
 
 
-import os
 
 import dagster as dg
 from dagster._core.storage.dagster_run import RunsFilter
 
+from stellar_assets.settings import load_settings
 from stellar_core.drift import retraining_decision, retraining_run_key
 from stellar_assets.monitoring.resources import PredictionServer, ServerUnreachable
 from stellar_assets.training import train_and_promote_job
@@ -31,20 +31,8 @@ CHAMPION_TAG = "stellar/champion_at_drift"
 TRIGGER = "drift_retraining_sensor"
 RETRAIN_JOB = "train_and_promote"
 SENSOR_NAME = "drift_retraining_sensor"
-DEFAULT_COOLDOWN_WEEKS = 4
 RUN_KEY_TAG = "dagster/run_key"
 SENSOR_NAME_TAG = "dagster/sensor_name"
-
-
-def cooldown_weeks_from_env() -> int:
-    raw = os.environ.get("STELLAR_RETRAIN_COOLDOWN_WEEKS", str(DEFAULT_COOLDOWN_WEEKS))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"STELLAR_RETRAIN_COOLDOWN_WEEKS must be a whole number of weeks, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"STELLAR_RETRAIN_COOLDOWN_WEEKS must be >= 0, got {value}")
-    return value
 
 
 def _runs_with(instance: dg.DagsterInstance, tags: dict, limit: int | None = None):
@@ -53,7 +41,7 @@ def _runs_with(instance: dg.DagsterInstance, tags: dict, limit: int | None = Non
 
 def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSOR_NAME,
                             minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
-    cooldown = cooldown_weeks_from_env() if cooldown_weeks is None else cooldown_weeks
+    cooldown = load_settings().retrain_cooldown_weeks if cooldown_weeks is None else cooldown_weeks
 
     @dg.sensor(
         name=name, job_name=RETRAIN_JOB, minimum_interval_seconds=minimum_interval_seconds,

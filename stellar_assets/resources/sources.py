@@ -12,7 +12,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from stellar_core.home import default_sdss_csv
+from stellar_assets.settings import CodeLocationSettings
 from stellar_core.sources import SourceError
 from stellar_core.sources.placement import Placement, WeekSpan, place_rows, rows_in_weeks
 from stellar_core.sources.sdss_csv import parse_sdss_csv, read_bytes
@@ -161,22 +161,17 @@ def _placed_csv(location: str, s3_endpoint_url: str | None, stamp, survey: WeekS
     return place_rows(parse_sdss_csv(read_bytes(location, s3_endpoint_url), location), survey, location)
 
 
-def source_from_env() -> ObservationSource:
-    """The source the code location uses: configured by STELLAR_* environment variables.
+def observation_source(settings: CodeLocationSettings) -> ObservationSource:
+    """The source the code location uses.
 
     Without STELLAR_SDSS_CSV, `auto` and `sdss_csv` read the same default file as `stellar
     demo` / `stellar ui` (stellar_core.home.default_sdss_csv), so `dagster dev` or `dg dev`
     never silently switch a project holding real weeks to the simulator."""
-    kind = dg.EnvVar("STELLAR_SOURCE").get_value("auto")
-    if kind in ("auto", "sdss_csv"):
-        csv_path, _ = default_sdss_csv()  # STELLAR_SDSS_CSV first
-    else:
-        csv_path = dg.EnvVar("STELLAR_SDSS_CSV").get_value() or None
     return ObservationSource(
-        kind=kind,
-        csv_path=csv_path,
-        csv_first_week=dg.EnvVar("STELLAR_SDSS_CSV_FIRST_WEEK").get_value() or None,
-        csv_last_week=dg.EnvVar("STELLAR_SDSS_CSV_LAST_WEEK").get_value() or None,
-        s3_endpoint_url=dg.EnvVar("STELLAR_S3_ENDPOINT_URL").get_value() or None,
-        skyserver_url=dg.EnvVar("STELLAR_SKYSERVER_URL").get_value(DR17_SQL_SEARCH_URL),
+        kind=settings.source,
+        csv_path=settings.csv_location(),
+        csv_first_week=settings.sdss_csv_first_week,
+        csv_last_week=settings.sdss_csv_last_week,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        skyserver_url=settings.skyserver_url,
     )

@@ -2,7 +2,7 @@
 
 Merge into Definitions:
     assets=[*TRAINING_ASSETS], asset_checks=[*TRAINING_CHECKS], jobs=[train_and_promote_job],
-    resources={**training_resources()}
+    resources={**training_resources(settings)}
 TRAINING_CHECKS is empty: the gate's checks are `check_specs` of challenger_model
 (they travel with TRAINING_ASSETS).
 """
@@ -19,7 +19,6 @@ from stellar_assets.training.assets import (
     DEFAULT_WINDOW_WEEKS,
     TRAINING_ASSETS as PARTITIONED_TRAINING_ASSETS,
     build_training_assets,
-    window_weeks_from_env,
 )
 from stellar_assets.training.resources import (
     ModelRegistry,
@@ -45,5 +44,5 @@ train_and_promote_job = dg.define_asset_job(
 __all__ = [
     "CHECK_NAMES", "DEFAULT_WINDOW_WEEKS", "ModelRegistry", "PromotionGate", "TRAINING_ASSETS", "TRAINING_CHECKS",
     "TrainingDefaults", "build_training_assets", "describe_champion", "mlflow_tracking_resource", "model_selection",
-    "train_and_promote_job", "training_resources", "window_weeks_from_env",
+    "train_and_promote_job", "training_resources",
 ]

@@ -12,7 +12,6 @@ champion_model runs, records "retained", and the run succeeds.
 """
 
 
-import os
 import time
 
 import dagster as dg
@@ -48,6 +47,7 @@ from stellar_core.training import (
 )
 from stellar_core.weeks import Week
 from stellar_assets.partitions import observation_weeks
+from stellar_assets.settings import CodeLocationSettings, load_settings
 from stellar_assets.resources.io_managers import NOT_GUARDED, ROW_COUNT_FIELD
 from stellar_assets.training.gate import compare_with_incumbent
 from stellar_assets.training.mlflow_glue import (
@@ -58,24 +58,10 @@ from stellar_assets.training.mlflow_glue import (
 )
 from stellar_assets.training.resources import ModelRegistry, PromotionGate, TrainingDefaults
 
-DEFAULT_WINDOW_WEEKS = 104  # two years
+DEFAULT_WINDOW_WEEKS = CodeLocationSettings.model_fields["training_window_weeks"].default
 TAG_GATE = "gate_status"
 TAG_DECISION = "promotion_decision"
 CHECK_NAMES = ("quality_floors", "serving_contract", "latency_budget", "beats_champion")
-
-
-def window_weeks_from_env() -> int | None:
-    """STELLAR_TRAINING_WINDOW_WEEKS: a number of weeks, or 'all' for all history up to W."""
-    raw = os.environ.get("STELLAR_TRAINING_WINDOW_WEEKS", str(DEFAULT_WINDOW_WEEKS)).strip().lower()
-    if raw in ("all", "all_history", "none"):
-        return None
-    try:
-        weeks = int(raw)
-    except ValueError:
-        raise ValueError(f"STELLAR_TRAINING_WINDOW_WEEKS must be a positive number of weeks or 'all', got {raw!r}") from None
-    if weeks < 1:
-        raise ValueError(f"STELLAR_TRAINING_WINDOW_WEEKS must be >= 1, got {weeks}")
-    return weeks
 
 
 def window_mapping(window_weeks: int | None) -> dg.TimeWindowPartitionMapping:
@@ -450,4 +436,4 @@ def _jsonable(value):
     return value
 
 
-TRAINING_ASSETS = build_training_assets(window_weeks_from_env())
+TRAINING_ASSETS = build_training_assets(load_settings().training_window_weeks)

@@ -1,7 +1,7 @@
 """Resources of the training assets: MLflow tracking (dagster-mlflow), the registry, the gate.
 
 Embedded default: the SQLite tracking store and registry plus an artifact
-folder under $STELLAR_HOME/mlflow (stellar_core.home); MLFLOW_TRACKING_URI
+folder under $STELLAR_HOME/mlflow (stellar_assets/settings.py); MLFLOW_TRACKING_URI
 points everything at an MLflow server instead. That URI may carry user:password@,
 so the resources hold it as dg.EnvVar, never its value; MLflow reads
 MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN from the environment itself.
@@ -9,7 +9,6 @@ MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN from the environment itself.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -19,12 +18,12 @@ from mlflow.tracking import MlflowClient
 from pydantic import Field
 
 from stellar_core.contract import CLASSES
-from stellar_core.home import default_mlflow_tracking_uri, mlflow_artifact_root, mlflow_tracking_uri, project_home
+from stellar_assets.settings import CodeLocationSettings
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME
 from stellar_core.training import COMPARISON_METRICS
-from stellar_assets.resources import env_var_or
 
 DEFAULT_EXPERIMENT = "stellar-training"
+_DEFAULTS = CodeLocationSettings.model_fields  # each default is written once, in the settings
 
 
 def ensure_store(tracking_uri: str) -> None:
@@ -56,7 +55,7 @@ def stellar_mlflow_tracking(context):
     SQLite folder and the experiment exist, because `mlflow.set_experiment` inside dagster-mlflow
     would otherwise put artifacts in ./mlruns of whatever directory Dagster runs in."""
     config = context.resource_config
-    uri = config.get("mlflow_tracking_uri") or mlflow_tracking_uri()
+    uri = config["mlflow_tracking_uri"]
     ensure_store(uri)
     ensure_experiment(MlflowClient(uri), config["experiment_name"], config.get("artifact_root"))
     tracking = MlFlow(context)
@@ -64,24 +63,19 @@ def stellar_mlflow_tracking(context):
     tracking.cleanup_on_error()
 
 
-def tracking_uri_from_env() -> str:
-    """MLFLOW_TRACKING_URI as an EnvVar (it may hold a password), else the embedded SQLite store."""
-    return env_var_or(dg.EnvVar("MLFLOW_TRACKING_URI"), default_mlflow_tracking_uri())
-
-
-def as_config_value(value: str) -> str | dict:
+def as_config_value(value: str | dg.EnvVar) -> str | dict:
     """A string for function-style resource config; an EnvVar as {"env": NAME}, resolved at run time."""
     return {"env": value.env_var_name} if isinstance(value, dg.EnvVar) else value
 
 
-def mlflow_tracking_resource(tracking_uri: str | None = None, experiment_name: str = DEFAULT_EXPERIMENT,
-                             artifact_root: str | None = None) -> dg.ResourceDefinition:
+def mlflow_tracking_resource(tracking_uri: str | dg.EnvVar, experiment_name: str,
+                             artifact_root: str) -> dg.ResourceDefinition:
     return stellar_mlflow_tracking.configured({
         "experiment_name": experiment_name,
         # dagster-mlflow exports these for the run: no tqdm bars in Dagster's logs.
         "env": {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
-        "mlflow_tracking_uri": as_config_value(tracking_uri or tracking_uri_from_env()),
-        "artifact_root": artifact_root or mlflow_artifact_root(),
+        "mlflow_tracking_uri": as_config_value(tracking_uri),
+        "artifact_root": artifact_root,
     })
 
 
@@ -91,7 +85,7 @@ class ModelRegistry(dg.ConfigurableResource):
     tracking_uri: str = Field(description="MLflow tracking/registry URI (sqlite:///... or http://...)")
     model_name: str = Field(default=DEFAULT_MODEL_NAME, description="the one registered model")
     experiment_name: str = Field(default=DEFAULT_EXPERIMENT)
-    ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI base URL for links")
+    ui_url: str = Field(default=_DEFAULTS["mlflow_ui_url"].default, description="MLflow UI base URL for links")
 
     def client(self) -> MlflowClient:
         uri = self.resolved_tracking_uri()
@@ -119,13 +113,14 @@ class PromotionGate(dg.ConfigurableResource):
     # Floors catch a broken model (wrong features, collapsed classes), not a slightly weaker one:
     # a two-year window of the sample (~1,000 spectra) gives ~0.965 accuracy, and losing to the
     # champion is the comparison's job.
-    accuracy_floor: float = Field(default=0.93)
+    accuracy_floor: float = Field(default=_DEFAULTS["gate_accuracy_floor"].default)
     recall_floors: dict[str, float] = Field(
         default={"GALAXY": 0.90, "QSO": 0.85, "STAR": 0.90},
         description="minimum test recall per class",
     )
-    single_row_latency_budget_ms: float = Field(default=25.0, description="p95 of one-row predictions")
-    batch_latency_budget_ms_per_1000_rows: float = Field(default=100.0)
+    single_row_latency_budget_ms: float = Field(default=_DEFAULTS["gate_single_row_budget_ms"].default,
+                                                description="p95 of one-row predictions")
+    batch_latency_budget_ms_per_1000_rows: float = Field(default=_DEFAULTS["gate_batch_budget_ms"].default)
     comparison_metric: str = Field(default="accuracy", description=f"one of {COMPARISON_METRICS}")
     tie_tolerance: float = Field(default=0.0, description="a challenger this far below the champion still ties")
     min_comparison_rows: int = Field(
@@ -158,24 +153,17 @@ class TrainingDefaults(dg.ConfigurableResource):
     selection_defaults_path: str = Field(description="JSON written by the model_selection asset")
 
 
-def default_selection_path() -> str:
-    return os.environ.get("STELLAR_MODEL_DEFAULTS") or str(project_home() / "training" / "model_defaults.json")
-
-
-def training_resources() -> dict:
-    """The resources the training assets need, from the environment (defaults: the project home)."""
-    uri = tracking_uri_from_env()
+def training_resources(settings: CodeLocationSettings) -> dict:
+    """The resources the training assets need (defaults: the project home)."""
+    uri = settings.secret("mlflow_tracking_uri", settings.default_tracking_uri)
     return {
-        "mlflow": mlflow_tracking_resource(uri),
-        "model_registry": ModelRegistry(
-            tracking_uri=uri,
-            model_name=os.environ.get("STELLAR_MODEL_NAME", DEFAULT_MODEL_NAME),
-            ui_url=os.environ.get("STELLAR_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
-        ),
+        "mlflow": mlflow_tracking_resource(uri, DEFAULT_EXPERIMENT, settings.artifact_root),
+        "model_registry": ModelRegistry(tracking_uri=uri, model_name=settings.model_name,
+                                        ui_url=settings.mlflow_ui_url),
         "promotion_gate": PromotionGate(
-            accuracy_floor=float(os.environ.get("STELLAR_GATE_ACCURACY_FLOOR", 0.93)),
-            single_row_latency_budget_ms=float(os.environ.get("STELLAR_GATE_SINGLE_ROW_BUDGET_MS", 25.0)),
-            batch_latency_budget_ms_per_1000_rows=float(os.environ.get("STELLAR_GATE_BATCH_BUDGET_MS", 100.0)),
+            accuracy_floor=settings.gate_accuracy_floor,
+            single_row_latency_budget_ms=settings.gate_single_row_budget_ms,
+            batch_latency_budget_ms_per_1000_rows=settings.gate_batch_budget_ms,
         ),
-        "training_defaults": TrainingDefaults(selection_defaults_path=default_selection_path()),
+        "training_defaults": TrainingDefaults(selection_defaults_path=str(settings.model_defaults_path)),
     }

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-from stellar_core.home import mlflow_tracking_uri
-from stellar_core.model_bundle import DEFAULT_MODEL_NAME, TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_assets.settings import CodeLocationSettings
+from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
 from stellar_core.registry import TAG_PROMOTED_AT, get_alias_version
 from stellar_assets.training.resources import ModelRegistry
 
@@ -15,9 +13,12 @@ _SHOWN = ("accuracy", "macro_f1", "recall_GALAXY", "recall_QSO", "recall_STAR", 
 
 def describe_champion(model_name: str | None = None, tracking_uri: str | None = None) -> str:
     """The champion's version, training window, promotion week and test metrics (or why there is none).
-    Defaults: STELLAR_MODEL_NAME / MLFLOW_TRACKING_URI, else the embedded store, as training uses."""
-    model_name = model_name or os.environ.get("STELLAR_MODEL_NAME", DEFAULT_MODEL_NAME)
-    registry = ModelRegistry(tracking_uri=tracking_uri or mlflow_tracking_uri(), model_name=model_name)
+    Defaults: the code location's settings (STELLAR_MODEL_NAME, MLFLOW_TRACKING_URI), as training uses."""
+    settings = CodeLocationSettings()
+    model_name = model_name or settings.model_name
+    default_uri = settings.secret("mlflow_tracking_uri", settings.default_tracking_uri)
+    registry = ModelRegistry(tracking_uri=tracking_uri or default_uri, model_name=model_name,
+                             ui_url=settings.mlflow_ui_url)
     client = registry.client()
     version = get_alias_version(client, model_name)
     if version is None:

@@ -98,7 +98,8 @@ def test_floor_and_latency_rules_report_numbers():
 
 def test_training_window_ends_at_w_and_all_history_never_looks_ahead(monkeypatch):
     from stellar_assets.partitions import observation_weeks
-    from stellar_assets.training.assets import window_first_week, window_mapping, window_weeks_from_env
+    from stellar_assets.settings import CodeLocationSettings
+    from stellar_assets.training.assets import window_first_week, window_mapping
 
     assert window_first_week("2012-05-20", 8) == "2012-04-01"
     assert window_first_week("2000-03-12", 104) == observation_weeks.get_first_partition_key()  # clipped
@@ -108,7 +109,7 @@ def test_training_window_ends_at_w_and_all_history_never_looks_ahead(monkeypatch
         assert mapping.end_offset == 0  # never a week after W
     assert window_mapping(8).start_offset == -7
     monkeypatch.setenv("STELLAR_TRAINING_WINDOW_WEEKS", "all")
-    assert window_weeks_from_env() is None
+    assert CodeLocationSettings().training_window_weeks is None
     monkeypatch.setenv("STELLAR_TRAINING_WINDOW_WEEKS", "two years")
     with pytest.raises(ValueError, match="STELLAR_TRAINING_WINDOW_WEEKS must be a positive number of weeks or 'all'"):
-        window_weeks_from_env()
+        CodeLocationSettings()
