@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: demo test test-stack ui mlflow-ui serve install system-deps clean
+.PHONY: demo test test-stack ui mlflow-ui serve install system-deps buf clean
 
 $(UV):
 	python3 -m venv .tools
@@ -21,6 +21,13 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock $(wildcard setup.py) $(wildcard
 
 install: $(VENV)/.installed
 
+# buf (protobuf linter, tests/serving/test_api_lint.py) from npm, into the git-ignored .tools/node.
+BUF := .tools/node/node_modules/.bin/buf
+$(BUF):
+	npm install --prefix .tools/node --no-save --no-audit --no-fund @bufbuild/buf@1.75.0
+
+buf: $(BUF)
+
 # Debian packages the tests use (PostgreSQL server, Chromium); installed only when missing.
 system-deps:
 	@bash scripts/system-deps.sh
@@ -28,7 +35,7 @@ system-deps:
 demo: install
 	$(VENV)/bin/stellar demo
 
-test: install system-deps
+test: install system-deps buf
 	$(VENV)/bin/pytest
 
 # The production stack as real local processes, alone (also part of `make test`).

@@ -6,7 +6,9 @@
         for result in client.classify_stream(objects):   # dicts with u, g, r, i, z, redshift[, client_id]
             ...
 
-Errors come back as grpc.RpcError (code() and details() say what was wrong).
+Errors come back as grpc.RpcError (code() and details() say what was wrong);
+for invalid input, `field_violations(error)` lists which field of which object
+and why (the google.rpc.BadRequest details of the status).
 CsvObjects reads a CSV file (plain or gzip) for ClassifyStream, checking each
 row with the server's own validation first, so a bad row is named by its line.
 """
@@ -29,21 +31,31 @@ from stellar_core.contract import MODEL_INPUTS
 
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api.status_details import FieldViolation, field_violations
 
 CLIENT_ID_COLUMNS = ("client_id", "spec_obj_ID", "obj_ID", "object_id")
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
+CLASS_PREFIX = "OBJECT_CLASS_"
+
+
+def class_name(value: int) -> str:
+    """An ObjectClass value -> the class name the model uses (e.g. OBJECT_CLASS_STAR -> "STAR")."""
+    return pb.ObjectClass.Name(value).removeprefix(CLASS_PREFIX)
+
+
 @dataclass(frozen=True)
 class Result:
     client_id: str
-    predicted_class: str
+    predicted_class: str  # class name: GALAXY, QSO or STAR
     probabilities: dict[str, float]
     model_version: str
 
     @classmethod
     def from_proto(cls, message: pb.Classification) -> "Result":
-        return cls(message.client_id, message.predicted_class, dict(message.probabilities), message.model_version)
+        return cls(message.client_id, class_name(message.predicted_class), dict(message.probabilities),
+                   message.model_version)
 
 
 def to_object(values: Mapping) -> pb.SdssObject:
@@ -284,7 +296,7 @@ class StellarClient:
             self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root), options)
         else:
             self.channel = grpc.insecure_channel(target, options)
-        self.stub = pb_grpc.ClassifierStub(self.channel)
+        self.stub = pb_grpc.ClassifierServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.timeout = timeout
 
@@ -315,15 +327,15 @@ class StellarClient:
                         timeout: float | None = None) -> Iterator[list[Result]]:
         """Stream objects in chunks through ClassifyStream; yield each chunk's results as it returns."""
 
-        def requests() -> Iterator[pb.ClassifyBatchRequest]:
+        def requests() -> Iterator[pb.ClassifyStreamRequest]:
             chunk: list[pb.SdssObject] = []
             for o in objects:
                 chunk.append(o if isinstance(o, pb.SdssObject) else to_object(o))
                 if len(chunk) >= chunk_size:
-                    yield pb.ClassifyBatchRequest(objects=chunk)
+                    yield pb.ClassifyStreamRequest(objects=chunk)
                     chunk = []
             if chunk:
-                yield pb.ClassifyBatchRequest(objects=chunk)
+                yield pb.ClassifyStreamRequest(objects=chunk)
 
         kwargs = self._call_kwargs(timeout)
         if timeout is None:
@@ -331,7 +343,12 @@ class StellarClient:
         for response in self.stub.ClassifyStream(requests(), **kwargs):
             yield [Result.from_proto(r) for r in response.results]
 
-    def model_info(self, *, timeout: float | None = None) -> pb.ModelInfo:
+    def explain(self, objects: Iterable[Mapping | pb.SdssObject], *, timeout: float | None = None) -> pb.ExplainResponse:
+        """Per-feature contributions (TreeSHAP) to every class's margin, with the bias, for each object."""
+        request = pb.ExplainRequest(objects=[o if isinstance(o, pb.SdssObject) else to_object(o) for o in objects])
+        return self.stub.Explain(request, **self._call_kwargs(timeout))
+
+    def model_info(self, *, timeout: float | None = None) -> pb.GetModelInfoResponse:
         return self.stub.GetModelInfo(pb.GetModelInfoRequest(), **self._call_kwargs(timeout))
 
     def reload_model(self, *, timeout: float | None = None) -> pb.ReloadModelResponse:
@@ -343,5 +360,6 @@ class StellarClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
-__all__ = ["CsvInputError", "CsvObjects", "InvalidRow", "RejectedRow", "Result", "StellarClient", "checked_object",
-           "count_csv_rows", "is_gzip", "open_csv_text", "read_csv_objects", "to_object"]
+__all__ = ["CsvInputError", "CsvObjects", "FieldViolation", "InvalidRow", "RejectedRow", "Result", "StellarClient",
+           "checked_object", "class_name", "count_csv_rows", "field_violations", "is_gzip", "open_csv_text",
+           "read_csv_objects", "to_object"]

@@ -49,7 +49,7 @@ from stellar_serving.validation import bounded
 
 log = logging.getLogger("stellar_serving.server")
 
-CLASSIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
+CLASSIFIER_SERVICE = pb.DESCRIPTOR.services_by_name["ClassifierService"].full_name
 INFERENCE_SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVED_SERVICES = (CLASSIFIER_SERVICE, INFERENCE_SERVICE)
 # Generic tools must reach these without credentials.
@@ -649,7 +649,7 @@ class StellarServer:
         )
         # Shared: stellar.v1 and v2 calls are predicted together.
         batcher = MicroBatcher(config.micro_batch_max_rows, observe=self.metrics.booster_rows.observe)
-        pb_grpc.add_ClassifierServicer_to_server(
+        pb_grpc.add_ClassifierServiceServicer_to_server(
             ClassifierServicer(self.store, config, self.metrics, batcher), self.server)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.store, config, self.metrics, batcher), self.server)

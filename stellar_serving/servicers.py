@@ -1,9 +1,13 @@
-"""The two gRPC faces of the champion: stellar.v1.Classifier and inference.GRPCInferenceService.
+"""The two gRPC faces of the champion: stellar.v1.ClassifierService and inference.GRPCInferenceService.
 
 Per request: read `store.current` ONCE (one immutable LoadedModel), pack the
 request straight into float32 [n, 6] (no pandas), derive the 13 features with
 stellar_core.features.derive_feature_matrix, call the booster's
-inplace_predict, answer with that model's version.
+inplace_predict, answer with that model's version. Explain asks the same
+model's booster for its TreeSHAP contributions (`pred_contribs`).
+
+Invalid input ends the call with INVALID_ARGUMENT: a readable message, and a
+google.rpc.BadRequest detail listing the field violations (stellar_api.status_details).
 """
 
 from __future__ import annotations
@@ -12,24 +16,26 @@ import json
 import logging
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
+import threading
 from importlib import metadata
 
 import grpc
 import numpy as np
 
-from stellar_core.contract import CONTRACT_VERSION, INPUT_RANGES, MODEL_INPUTS
-from stellar_core.features import FEATURE_NAMES
+from stellar_core.contract import CLASSES, CONTRACT_VERSION, INPUT_RANGES, MODEL_INPUTS
+from stellar_core.features import FEATURE_NAMES, derive_feature_matrix
 
 from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
 from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api.status_details import FieldViolation, bad_request_trailer
 from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, NoChampion, RegistryUnavailable
-from stellar_serving.validation import (COLOUR_TOLERANCE, InvalidInput, bounded, check_client_id,
-                                        features_to_inputs, objects_to_inputs)
+from stellar_serving.validation import (COLOUR_TOLERANCE, OBJECTS_FIELD, SINGLE_OBJECT_FIELD, InvalidInput,
+                                        bounded, check_client_id, features_to_inputs, objects_to_inputs)
 
 log = logging.getLogger("stellar_serving.servicers")
 
@@ -39,6 +45,11 @@ PROBA_TENSOR = "output__0"
 CLASS_TENSOR = "output__1"
 N_FEATURES = len(FEATURE_NAMES)
 ECHO_LIMIT = 100  # characters of a client's value that an error message repeats
+# TreeSHAP costs ~10-40x a prediction per object: a bound keeps one call from holding
+# a thread for seconds.
+EXPLAIN_MAX_OBJECTS = 1000
+# Class name (as the model's classes) -> stellar.v1 ObjectClass value.
+CLASS_ENUM = {name: pb.ObjectClass.Value(f"OBJECT_CLASS_{name}") for name in CLASSES}
 
 
 def _echo(value) -> str:
@@ -51,6 +62,15 @@ def _current(store: ModelStore, context: grpc.ServicerContext) -> LoadedModel:
         context.abort(grpc.StatusCode.UNAVAILABLE,
                       "no model loaded yet (the registry has no champion and there is no cached model)")
     return model
+
+
+def _refuse(context: grpc.ServicerContext, problem: InvalidInput) -> None:
+    """End the call with INVALID_ARGUMENT: the readable message, and the field violations as BadRequest."""
+    message = str(problem)
+    if problem.violations:
+        context.set_trailing_metadata(
+            (bad_request_trailer(grpc.StatusCode.INVALID_ARGUMENT, message, problem.violations),))
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def _check_deadline(context: grpc.ServicerContext) -> None:
@@ -77,39 +97,64 @@ class _Predicting:
         return proba
 
 
-class ClassifierServicer(_Predicting, pb_grpc.ClassifierServicer):
+class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
+    def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
+                 batcher: MicroBatcher) -> None:
+        super().__init__(store, config, metrics, batcher)
+        self.explainer = Explainer()
+
     # -- classification -----------------------------------------------------------
-    def _classify(self, objects, what: str, context, method: str) -> tuple[pb.ClassifyBatchResponse, LoadedModel]:
+    def _inputs(self, objects, what: str, context, field: str = OBJECTS_FIELD,
+                max_client_id: int | None = None) -> np.ndarray:
         try:
             # Client ids are checked as the response copies them: reading them all twice cost ~3 ms a batch.
-            inputs = objects_to_inputs(objects, self.config.max_batch_size, what, max_client_id=None)
+            return objects_to_inputs(objects, self.config.max_batch_size, what, max_client_id=max_client_id,
+                                     field=field)
         except InvalidInput as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            _refuse(context, exc)
+
+    def _classify(self, objects, what: str, context, method: str, response_type=pb.ClassifyBatchResponse,
+                  field: str = OBJECTS_FIELD):
+        inputs = self._inputs(objects, what, context, field)
         _check_deadline(context)
         model = _current(self.store, context)
         proba = self._predict(model, inputs, method)
         try:
-            return _batch_response(objects, proba, model, self.config.max_client_id_chars, what), model
+            return _batch_response(objects, proba, model, self.config.max_client_id_chars, what, response_type, field)
         except InvalidInput as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            _refuse(context, exc)
 
     def Classify(self, request, context):
         if not request.HasField("object"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ClassifyRequest.object is missing")
-        response, _ = self._classify([request.object], "request", context, "Classify")
+            message = "ClassifyRequest.object is missing"
+            _refuse(context, InvalidInput(message, [FieldViolation(SINGLE_OBJECT_FIELD, message)]))
+        response = self._classify([request.object], "request", context, "Classify", field=SINGLE_OBJECT_FIELD)
         return pb.ClassifyResponse(result=response.results[0])
 
     def ClassifyBatch(self, request, context):
-        response, _ = self._classify(request.objects, "batch", context, "ClassifyBatch")
-        return response
+        return self._classify(request.objects, "batch", context, "ClassifyBatch")
 
     def ClassifyStream(self, request_iterator, context):
         # The server's StreamGuard bounds open streams and ends idle ones.
         for index, request in enumerate(request_iterator):
             # Each message reads the current model again: a long stream picks
             # up a new champion between messages, and each response names it.
-            response, _ = self._classify(request.objects, f"stream message {index}", context, "ClassifyStream")
-            yield response
+            yield self._classify(request.objects, f"stream message {index}", context, "ClassifyStream",
+                                 pb.ClassifyStreamResponse)
+
+    # -- explanation --------------------------------------------------------------------
+    def Explain(self, request, context):
+        if len(request.objects) > EXPLAIN_MAX_OBJECTS:
+            message = (f"Explain takes at most {EXPLAIN_MAX_OBJECTS} objects per call, got {len(request.objects)}: "
+                       "split the request")
+            _refuse(context, InvalidInput(message, [FieldViolation(OBJECTS_FIELD, message)]))
+        inputs = self._inputs(request.objects, "batch", context, max_client_id=self.config.max_client_id_chars)
+        _check_deadline(context)
+        model = _current(self.store, context)  # once: every explanation comes from this version
+        contributions = self.explainer.contributions(model, inputs)
+        self.metrics.batch_size.labels("Explain").observe(len(inputs))
+        self.metrics.objects.labels("Explain").inc(len(inputs))
+        return explain_response(request.objects, contributions, model)
 
     # -- model ------------------------------------------------------------------------
     def GetModelInfo(self, request, context):
@@ -139,32 +184,85 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServicer):
 
 
 def _batch_response(objects, proba: np.ndarray, model: LoadedModel, max_client_id: int,
-                    what: str) -> pb.ClassifyBatchResponse:
-    """The results, in order; InvalidInput if a client_id is longer than `max_client_id`."""
+                    what: str, response_type=pb.ClassifyBatchResponse, field: str = OBJECTS_FIELD):
+    """The results, in order, as a `response_type` (ClassifyBatchResponse or ClassifyStreamResponse);
+    InvalidInput if a client_id is longer than `max_client_id`."""
     labels = model.classes
+    classes = [CLASS_ENUM[label] for label in labels]
     version = model.version
     best = proba.argmax(axis=1).tolist()
     rows = proba.tolist()
-    response = pb.ClassifyBatchResponse(model_version=version)
+    response = response_type(model_version=version)
     add = response.results.add
     for index, (obj, k, row) in enumerate(zip(objects, best, rows)):
         client_id = obj.client_id
         if len(client_id) > max_client_id:
-            check_client_id(client_id, index, max_client_id, what)
-        result = add(client_id=client_id, predicted_class=labels[k], model_version=version)
+            check_client_id(client_id, index, max_client_id, what, field)
+        result = add(client_id=client_id, predicted_class=classes[k], model_version=version)
         probabilities = result.probabilities
         for label, p in zip(labels, row):
             probabilities[label] = p
     return response
 
 
-def model_info(model: LoadedModel) -> pb.ModelInfo:
+class Explainer:
+    """TreeSHAP contributions from a model's booster (XGBoost `pred_contribs`).
+
+    Small requests use a single-threaded copy of the booster, made once per
+    model (as LoadedModel's small predictions do): an OpenMP team for one row
+    costs more than it saves, and stalls on a busy machine. Larger ones use
+    the booster itself. Booster.predict is thread-safe; the copy is never changed
+    after it is made.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._single: tuple[LoadedModel, object] | None = None  # (model, its single-threaded booster)
+
+    def contributions(self, model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
+        """float32 [n, 6] inputs -> float32 [n, classes, features + 1]; the last column is the bias."""
+        import xgboost as xgb
+
+        booster = model.bundle.booster
+        if len(inputs) < model.parallel_batch_min:
+            booster = self._single_threaded(model)
+        matrix = xgb.DMatrix(derive_feature_matrix(inputs), feature_names=booster.feature_names, nthread=1)
+        out = booster.predict(matrix, pred_contribs=True, strict_shape=True)
+        return np.asarray(out, dtype=np.float32).reshape(len(inputs), len(model.classes), len(FEATURE_NAMES) + 1)
+
+    def _single_threaded(self, model: LoadedModel):
+        with self._lock:
+            if self._single is None or self._single[0] is not model:
+                booster = model.bundle.booster.copy()
+                booster.set_param({"nthread": 1})
+                self._single = (model, booster)
+            return self._single[1]
+
+
+def explain_response(objects, contributions: np.ndarray, model: LoadedModel) -> pb.ExplainResponse:
+    """contributions [n, classes, features + 1] -> ExplainResponse, objects in order."""
+    classes = [CLASS_ENUM[label] for label in model.classes]
+    margins = contributions.sum(axis=2, dtype=np.float64)
+    best = margins.argmax(axis=1).tolist()
+    response = pb.ExplainResponse(model_version=model.version, feature_names=FEATURE_NAMES)
+    add = response.explanations.add
+    for obj, k, rows, sums in zip(objects, best, contributions.tolist(), margins.tolist()):
+        explanation = add(client_id=obj.client_id, predicted_class=classes[k])
+        for object_class, row, margin in zip(classes, rows, sums):
+            explanation.class_contributions.add(object_class=object_class, contributions=row[:-1], bias=row[-1],
+                                                margin=margin)
+    return response
+
+
+def model_info(model: LoadedModel) -> pb.GetModelInfoResponse:
     contract = model.contract
     ranges = contract.get("input_ranges", {k: list(v) for k, v in INPUT_RANGES.items()})
-    info = pb.ModelInfo(
+    info = pb.GetModelInfoResponse(
         name=model.name, version=model.version, alias=model.alias, run_id=model.run_id,
         training_window_first_week=model.training_window[0], training_window_last_week=model.training_window[1],
         metrics=model.metrics, source=model.source,
+        # The model store names its predictor once it can choose one (XGBoost until then).
+        predictor=getattr(model, "predictor", "xgboost"), predictor_note=getattr(model, "predictor_note", ""),
         contract=pb.FeatureContract(
             contract_version=int(contract.get("contract_version", CONTRACT_VERSION)),
             inputs=contract.get("inputs", list(MODEL_INPUTS)),
@@ -266,7 +364,7 @@ class InferenceServicer(_Predicting, v2_grpc.GRPCInferenceServiceServicer):
         try:
             inputs = features_to_inputs(matrix, self.config.max_batch_size)
         except InvalidInput as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            _refuse(context, exc)
         _check_deadline(context)
         model = self._model_for(request.model_name, request.model_version, context)
         proba = self._predict(model, inputs, "ModelInfer")

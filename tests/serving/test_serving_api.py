@@ -16,7 +16,7 @@ from stellar_core.contract import CLASSES, MODEL_INPUTS
 from stellar_core.features import FEATURE_NAMES
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
-from stellar_api.client import StellarClient
+from stellar_api.client import StellarClient, class_name
 
 from .messages import probabilities_of, to_objects
 
@@ -28,7 +28,7 @@ def served(make_server, registry):
     registry.set_champion("1")
     server = make_server(max_batch_size=MAX_BATCH, max_concurrent_streams=1, max_message_bytes=256 * 1024)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield server, pb_grpc.ClassifierStub(channel), channel
+    yield server, pb_grpc.ClassifierServiceStub(channel), channel
     channel.close()
 
 
@@ -40,7 +40,7 @@ def test_classify_one_real_object_matches_in_process_prediction(served, registry
     assert result.client_id == "spec-0"
     assert result.model_version == "1"
     assert probabilities_of(result) == expected.tolist()  # float32 on both sides: exactly equal
-    assert result.predicted_class == CLASSES[int(expected.argmax())]
+    assert class_name(result.predicted_class) == CLASSES[int(expected.argmax())]
 
 
 def test_batch_and_stream_match_in_process_predictions(served, registry, sample_inputs):
@@ -53,7 +53,7 @@ def test_batch_and_stream_match_in_process_predictions(served, registry, sample_
     assert np.array([probabilities_of(r) for r in batch.results], dtype=np.float32).tolist() == expected.tolist()
 
     chunks = [to_objects(sample_inputs[k:k + 70], f"c{k}") for k in range(0, 350, 70)]
-    responses = list(stub.ClassifyStream(iter(pb.ClassifyBatchRequest(objects=c) for c in chunks), timeout=20))
+    responses = list(stub.ClassifyStream(iter(pb.ClassifyStreamRequest(objects=c) for c in chunks), timeout=20))
     assert [len(r.results) for r in responses] == [70] * 5
     streamed = np.array([probabilities_of(r) for resp in responses for r in resp.results], dtype=np.float32)
     assert streamed.tolist() == registry.expected("1", sample_inputs[:350]).tolist()
@@ -76,17 +76,17 @@ def test_model_info_describes_the_champion(served, registry):
 def test_health_and_reflection_list_the_services(served):
     server, _, channel = served
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "stellar.v1.Classifier", "inference.GRPCInferenceService"):
+    for service in ("", "stellar.v1.ClassifierService", "inference.GRPCInferenceService"):
         status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING, service
 
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
     requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
                 reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService"),
-                reflection_pb2.ServerReflectionRequest(file_containing_symbol="stellar.v1.Classifier")]
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="stellar.v1.ClassifierService")]
     answers = list(reflect.ServerReflectionInfo(iter(requests), timeout=5))
     names = {s.name for s in answers[0].list_services_response.service}
-    assert {"stellar.v1.Classifier", "inference.GRPCInferenceService", "grpc.health.v1.Health",
+    assert {"stellar.v1.ClassifierService", "inference.GRPCInferenceService", "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection"} <= names
     from google.protobuf import descriptor_pb2
 
@@ -165,7 +165,7 @@ def test_invalid_stream_message_names_message_and_object(served, sample_inputs):
     server, stub, _ = served
     bad = to_objects(sample_inputs[:4], "s")
     bad[2].z = math.nan
-    messages = [pb.ClassifyBatchRequest(objects=to_objects(sample_inputs[:4])), pb.ClassifyBatchRequest(objects=bad)]
+    messages = [pb.ClassifyStreamRequest(objects=to_objects(sample_inputs[:4])), pb.ClassifyStreamRequest(objects=bad)]
     call = stub.ClassifyStream(iter(messages), timeout=10)
     first = next(call)
     assert len(first.results) == 4
@@ -177,7 +177,7 @@ def test_invalid_stream_message_names_message_and_object(served, sample_inputs):
 
 def test_stream_errors_name_the_stream_message(served, sample_inputs):
     server, stub, _ = served
-    messages = [pb.ClassifyBatchRequest(objects=to_objects(sample_inputs[:2])), pb.ClassifyBatchRequest()]
+    messages = [pb.ClassifyStreamRequest(objects=to_objects(sample_inputs[:2])), pb.ClassifyStreamRequest()]
     with pytest.raises(grpc.RpcError) as err:
         list(stub.ClassifyStream(iter(messages), timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -201,16 +201,16 @@ def test_deadlines_message_size_and_stream_limits(served, sample_inputs):
     # One stream allowed (max_concurrent_streams=1): a second is refused while the first is open.
     feed: queue.Queue = queue.Queue()
     first = stub.ClassifyStream(iter(feed.get, None), timeout=20)
-    feed.put(pb.ClassifyBatchRequest(objects=[obj]))
+    feed.put(pb.ClassifyStreamRequest(objects=[obj]))
     assert next(first).results[0].model_version == "1"
     with pytest.raises(grpc.RpcError) as err:
-        list(stub.ClassifyStream(iter([pb.ClassifyBatchRequest(objects=[obj])]), timeout=10))
+        list(stub.ClassifyStream(iter([pb.ClassifyStreamRequest(objects=[obj])]), timeout=10))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "too many concurrent ClassifyStream calls (limit 1)" in err.value.details()
     feed.put(None)
     assert list(first) == []
     # The slot is free again.
-    assert len(list(stub.ClassifyStream(iter([pb.ClassifyBatchRequest(objects=[obj])]), timeout=10))) == 1
+    assert len(list(stub.ClassifyStream(iter([pb.ClassifyStreamRequest(objects=[obj])]), timeout=10))) == 1
     assert stub.Classify(pb.ClassifyRequest(object=obj), timeout=10).result.model_version == "1"
 
 

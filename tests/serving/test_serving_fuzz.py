@@ -36,7 +36,7 @@ def _seeds(sample_inputs) -> dict[str, tuple[list[bytes], int]]:
                                      raw_input_contents=[features.tobytes()])
     typed_infer = v2.ModelInferRequest(model_name=DEFAULT_MODEL_NAME, inputs=[v2.ModelInferRequest.InferInputTensor(
         **tensor, contents=v2.InferTensorContents(fp32_contents=features.ravel().tolist()))])
-    classifier, inference = "/stellar.v1.Classifier/", "/inference.GRPCInferenceService/"
+    classifier, inference = "/stellar.v1.ClassifierService/", "/inference.GRPCInferenceService/"
     return {
         classifier + "Classify": ([pb.ClassifyRequest(object=objects[0]).SerializeToString()], 500),
         classifier + "ClassifyBatch": ([pb.ClassifyBatchRequest(objects=objects).SerializeToString()], 500),
@@ -49,7 +49,7 @@ def _seeds(sample_inputs) -> dict[str, tuple[list[bytes], int]]:
         inference + "ModelMetadata": ([v2.ModelMetadataRequest(name=DEFAULT_MODEL_NAME).SerializeToString()], 150),
         inference + "ModelInfer": ([raw_infer.SerializeToString(), typed_infer.SerializeToString()], 800),
         "/grpc.health.v1.Health/Check": ([health_pb2.HealthCheckRequest().SerializeToString(),
-                                          health_pb2.HealthCheckRequest(service="stellar.v1.Classifier")
+                                          health_pb2.HealthCheckRequest(service="stellar.v1.ClassifierService")
                                           .SerializeToString()], 150),
     }
 
@@ -104,7 +104,7 @@ def test_mutated_requests_on_every_unary_method_get_deliberate_answers(make_serv
     # Good calls still work, and nothing was counted as a server failure.
     from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 
-    stub = pb_grpc.ClassifierStub(channel)
+    stub = pb_grpc.ClassifierServiceStub(channel)
     for _ in range(20):
         assert stub.Classify(pb.ClassifyRequest(object=to_objects(sample_inputs[:1])[0]), timeout=5) \
             .result.model_version == "1"
@@ -120,9 +120,9 @@ def test_mutated_stream_messages_get_deliberate_answers(make_server, registry, s
     registry.set_champion("1")
     server = make_server(max_concurrent_rpcs=16, max_concurrent_streams=2)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    stream = channel.stream_stream("/stellar.v1.Classifier/ClassifyStream",
+    stream = channel.stream_stream("/stellar.v1.ClassifierService/ClassifyStream",
                                    request_serializer=None, response_deserializer=None)
-    seed = pb.ClassifyBatchRequest(objects=to_objects(sample_inputs[:3])).SerializeToString()
+    seed = pb.ClassifyStreamRequest(objects=to_objects(sample_inputs[:3])).SerializeToString()
     rng = random.Random(SEED + 1)
     codes = []
     for _ in range(60):  # one at a time: two stream slots, so a leaked slot shows at once
@@ -135,4 +135,4 @@ def test_mutated_stream_messages_get_deliberate_answers(make_server, registry, s
     assert not FAILURES & set(codes), codes
     assert grpc.StatusCode.INVALID_ARGUMENT in codes
     good = list(stream(iter([seed]), timeout=10))
-    assert pb.ClassifyBatchResponse.FromString(good[0]).model_version == "1"
+    assert pb.ClassifyStreamResponse.FromString(good[0]).model_version == "1"

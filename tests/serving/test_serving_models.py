@@ -20,13 +20,13 @@ from tests.support import free_port
 
 from .messages import probabilities_of, to_objects
 
-SERVICES = ("", "stellar.v1.Classifier", "inference.GRPCInferenceService")
+SERVICES = ("", "stellar.v1.ClassifierService", "inference.GRPCInferenceService")
 
 
 class Conn:
     def __init__(self, port: int):
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = pb_grpc.ClassifierStub(self.channel)
+        self.stub = pb_grpc.ClassifierServiceStub(self.channel)
         self.v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 

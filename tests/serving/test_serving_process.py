@@ -105,16 +105,16 @@ def test_serve_process_cli_csv_stream_and_sigterm_drain(registry, sample, sample
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)  # CSV holds 6 significant digits
 
         # A stream in flight when SIGTERM arrives finishes normally.
-        stub = pb_grpc.ClassifierStub(grpc.insecure_channel(target))
+        stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(target))
         feed: queue.Queue = queue.Queue()
         call = stub.ClassifyStream(iter(feed.get, None), timeout=60)
         chunks = [to_objects(sample_inputs[k:k + 10], f"m{k}") for k in range(0, 50, 10)]
-        feed.put(pb.ClassifyBatchRequest(objects=chunks[0]))
+        feed.put(pb.ClassifyStreamRequest(objects=chunks[0]))
         answers = [next(call)]
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)  # the server has begun draining
         for chunk in chunks[1:]:
-            feed.put(pb.ClassifyBatchRequest(objects=chunk))
+            feed.put(pb.ClassifyStreamRequest(objects=chunk))
             answers.append(next(call))
             time.sleep(0.2)
         feed.put(None)

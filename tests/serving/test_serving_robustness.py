@@ -25,7 +25,7 @@ from stellar_serving.model_store import ModelRejected
 from .messages import to_objects
 
 TOKEN = "s3cret-token"
-CLASSIFY = "/stellar.v1.Classifier/Classify"
+CLASSIFY = "/stellar.v1.ClassifierService/Classify"
 NOT_A_MESSAGE = b"\xff\xff\xff\xff"  # field 31, wire type 7: no protobuf message parses it
 
 
@@ -60,11 +60,11 @@ def test_undecodable_requests_answer_invalid_argument_and_give_back_their_slot(
     code, details = _outcome(lambda: raw(NOT_A_MESSAGE, metadata=good, timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("request is not a valid Classify message: DecodeError")
-    stream = channel.stream_stream("/stellar.v1.Classifier/ClassifyStream",
+    stream = channel.stream_stream("/stellar.v1.ClassifierService/ClassifyStream",
                                    request_serializer=None, response_deserializer=None)
     code, details = _outcome(lambda: list(stream(iter([NOT_A_MESSAGE]), metadata=good, timeout=5)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a valid ClassifyStream message" in details
-    stub = pb_grpc.ClassifierStub(channel)
+    stub = pb_grpc.ClassifierServiceStub(channel)
     for _ in range(10):  # more good calls than the limit: every slot came back
         assert stub.Classify(_classify_request(sample_inputs), metadata=good, timeout=5).result.model_version == "1"
 
@@ -78,7 +78,7 @@ def test_idle_streams_cannot_starve_unary_calls_health_or_later_streams(make_ser
     server = make_server(max_workers=2, max_concurrent_streams=2, max_open_streams=2, max_watch_streams=1,
                          stream_idle_seconds=4.0)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    stub = pb_grpc.ClassifierStub(channel)
+    stub = pb_grpc.ClassifierServiceStub(channel)
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
     health = health_pb2_grpc.HealthStub(channel)
     release = threading.Event()
@@ -112,7 +112,7 @@ def test_idle_streams_cannot_starve_unary_calls_health_or_later_streams(make_ser
     # The slots are free again.
     listing = next(reflection.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
-    assert "stellar.v1.Classifier" in {s.name for s in listing.list_services_response.service}
+    assert "stellar.v1.ClassifierService" in {s.name for s in listing.list_services_response.service}
     assert server.metrics.registry.get_sample_value(
         "stellar_grpc_errors_total", {"method": "ClassifyStream", "code": "DEADLINE_EXCEEDED"}) == 2
 
@@ -129,7 +129,7 @@ def test_unary_calls_whose_message_never_arrives_are_ended(make_server, registry
                          first_message_seconds=1.0)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     # A client can open a unary call and never send its message: each used to hold a thread for ever.
-    half_open = channel.stream_unary("/stellar.v1.Classifier/GetModelInfo",
+    half_open = channel.stream_unary("/stellar.v1.ClassifierService/GetModelInfo",
                                      request_serializer=None, response_deserializer=None)
     release = threading.Event()
 
@@ -140,7 +140,7 @@ def test_unary_calls_whose_message_never_arrives_are_ended(make_server, registry
 
     try:
         calls = [half_open.future(silence(), timeout=30) for _ in range(10)]  # twice the 5 threads
-        stub = pb_grpc.ClassifierStub(channel)
+        stub = pb_grpc.ClassifierServiceStub(channel)
         assert stub.Classify(_classify_request(sample_inputs), timeout=15).result.model_version == "1"
         errors = [call.exception(timeout=30) for call in calls]
     finally:
@@ -164,7 +164,7 @@ def test_calls_that_never_send_cannot_starve_health_checks_or_classify(make_serv
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
             health_pb2.HealthCheckResponse.SERVING
-        stub = pb_grpc.ClassifierStub(channel)
+        stub = pb_grpc.ClassifierServiceStub(channel)
         assert stub.Classify(_classify_request(sample_inputs), timeout=15).result.model_version == "1"
         codes = {call.exception(timeout=30).code() for call in calls}
     finally:
@@ -232,7 +232,7 @@ def test_a_champion_that_cannot_predict_is_refused_and_the_last_good_model_serve
         make_server, registry, sample_inputs, binary_champion):
     registry.set_champion("1")
     server = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     registry.set_champion(binary_champion)
     code, details = _outcome(lambda: stub.ReloadModel(pb.ReloadModelRequest(), timeout=60))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
@@ -244,7 +244,7 @@ def test_a_champion_that_cannot_predict_is_refused_and_the_last_good_model_serve
 
     # A restart while the bad champion is named serves the cached last good model.
     restarted = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{restarted.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{restarted.port}"))
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
     assert (info.version, info.source) == ("1", "cache")
     assert stub.Classify(_classify_request(sample_inputs), timeout=5).result.model_version == "1"
@@ -286,7 +286,7 @@ def test_reload_burst_against_a_hanging_registry_is_one_reload_off_the_request_t
     hanging = HangingRegistry()
     try:
         server = make_server(cache_dir=cache, tracking_uri=hanging.url, max_workers=2, max_concurrent_streams=1)
-        stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+        stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
         assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).source == "cache"
         reloads_before = _failed_reloads(server)
         with futures.ThreadPoolExecutor(12) as pool:
@@ -316,7 +316,7 @@ def _failed_reloads(server) -> float:
 def test_long_client_ids_are_refused_or_cut_in_messages_and_logs(make_server, registry, sample_inputs):
     registry.set_champion("1")
     server = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -333,7 +333,7 @@ def test_long_client_ids_are_refused_or_cut_in_messages_and_logs(make_server, re
         code, details = _outcome(lambda: stub.ClassifyBatch(pb.ClassifyBatchRequest(objects=batch), timeout=5))
         assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, f"object 12: client_id '{'z' * 64}…(300 chars)' "
                                                                      "is too long: 300 characters; the maximum is 256")
-        code, details = _outcome(lambda: list(stub.ClassifyStream(iter([pb.ClassifyBatchRequest(objects=batch)]),
+        code, details = _outcome(lambda: list(stub.ClassifyStream(iter([pb.ClassifyStreamRequest(objects=batch)]),
                                                                   timeout=5)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert details.startswith("stream message 0, object 12: client_id 'zzz")
@@ -370,7 +370,7 @@ def test_long_names_in_v2_requests_are_cut_in_messages(make_server, registry):
 def test_a_cancelled_stream_is_counted_as_cancelled_not_as_an_error(make_server, registry, sample_inputs):
     registry.set_champion("1")
     server = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -379,7 +379,7 @@ def test_a_cancelled_stream_is_counted_as_cancelled_not_as_an_error(make_server,
     release = threading.Event()
 
     def one_then_wait():
-        yield pb.ClassifyBatchRequest(objects=to_objects(sample_inputs[:2]))
+        yield pb.ClassifyStreamRequest(objects=to_objects(sample_inputs[:2]))
         release.wait(30)
 
     try:
@@ -447,14 +447,14 @@ def test_the_drain_refuses_new_calls_answers_health_and_lets_a_stream_in_flight_
     registry.set_champion("1")
     server = make_server()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    stub, health = pb_grpc.ClassifierStub(channel), health_pb2_grpc.HealthStub(channel)
-    feed: list = [pb.ClassifyBatchRequest(objects=to_objects(sample_inputs[:1], "a"))]
+    stub, health = pb_grpc.ClassifierServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+    feed: list = [pb.ClassifyStreamRequest(objects=to_objects(sample_inputs[:1], "a"))]
     more = threading.Event()
 
     def requests():
         yield feed[0]
         more.wait(30)
-        yield pb.ClassifyBatchRequest(objects=to_objects(sample_inputs[1:2], "b"))
+        yield pb.ClassifyStreamRequest(objects=to_objects(sample_inputs[1:2], "b"))
 
     call = stub.ClassifyStream(requests(), timeout=30)
     assert next(call).results[0].client_id == "a-0"
@@ -478,7 +478,7 @@ def test_the_drain_refuses_new_calls_answers_health_and_lets_a_stream_in_flight_
         assert code == grpc.StatusCode.UNAVAILABLE
         listing = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
-        assert "stellar.v1.Classifier" in {s.name for s in listing.list_services_response.service}
+        assert "stellar.v1.ClassifierService" in {s.name for s in listing.list_services_response.service}
     finally:
         more.set()
     assert next(call).results[0].client_id == "b-0"  # the in-flight stream finishes
@@ -491,7 +491,7 @@ def test_reload_with_no_model_loaded_does_not_claim_a_previous_model(make_server
     registry.remove_champion()
     try:
         server = make_server()
-        stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+        stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
         code, details = _outcome(lambda: stub.ReloadModel(pb.ReloadModelRequest(), timeout=30))
     finally:
         registry.set_champion("1")
@@ -507,7 +507,7 @@ def test_a_reload_asked_after_the_alias_moved_reports_the_new_version(make_serve
 
     registry.set_champion("1")
     server = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     read_alias = core_registry.get_alias_version
     alias_read, release = threading.Event(), threading.Event()
 
@@ -543,7 +543,7 @@ def test_a_load_that_failed_for_a_passing_fault_is_tried_again(make_server, regi
 
     registry.set_champion("1")
     server = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     load_bundle = model_store.ModelBundle.load
     faults = [OSError(28, "No space left on device")]
 
@@ -569,7 +569,7 @@ def test_an_explicit_reload_tries_a_refused_version_again_and_the_poller_does_no
         make_server, registry, binary_champion):
     registry.set_champion("1")
     server = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     registry.set_champion(binary_champion)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -596,11 +596,11 @@ def test_an_explicit_reload_tries_a_refused_version_again_and_the_poller_does_no
 def test_a_stream_whose_client_deadline_passes_is_counted_as_deadline_exceeded(make_server, registry, sample_inputs):
     registry.set_champion("1")
     server = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     release = threading.Event()
 
     def one_then_wait():
-        yield pb.ClassifyBatchRequest(objects=to_objects(sample_inputs[:2]))
+        yield pb.ClassifyStreamRequest(objects=to_objects(sample_inputs[:2]))
         release.wait(30)
 
     try:

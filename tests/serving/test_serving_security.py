@@ -36,14 +36,14 @@ def _open_calls_work(channel):
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     listing = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
-    assert "stellar.v1.Classifier" in {s.name for s in listing.list_services_response.service}
+    assert "stellar.v1.ClassifierService" in {s.name for s in listing.list_services_response.service}
 
 
 def test_token_required_for_every_rpc_but_health_and_reflection(make_server, registry, sample_inputs):
     registry.set_champion("1")
     server = make_server(auth_token=TOKEN)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    stub = pb_grpc.ClassifierStub(channel)
+    stub = pb_grpc.ClassifierServiceStub(channel)
     request = pb.ClassifyRequest(object=to_objects(sample_inputs[:1])[0])
     good = (("authorization", f"Bearer {TOKEN}"),)
     bad = (("authorization", "Bearer nope"),)
@@ -56,7 +56,7 @@ def test_token_required_for_every_rpc_but_health_and_reflection(make_server, reg
         stub.Classify(request, metadata=bad, timeout=5)
     assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token")
     assert _code(lambda: stub.ReloadModel(pb.ReloadModelRequest(), timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
-    assert _code(lambda: list(stub.ClassifyStream(iter([pb.ClassifyBatchRequest(objects=[request.object])]),
+    assert _code(lambda: list(stub.ClassifyStream(iter([pb.ClassifyStreamRequest(objects=[request.object])]),
                                                   timeout=5))) == grpc.StatusCode.UNAUTHENTICATED
     assert stub.Classify(request, metadata=good, timeout=5).result.model_version == "1"
     assert stub.ReloadModel(pb.ReloadModelRequest(), metadata=good, timeout=30).version == "1"
@@ -73,7 +73,7 @@ def test_token_required_for_every_rpc_but_health_and_reflection(make_server, reg
 def test_admin_scope_guards_only_reload(make_server, registry, sample_inputs):
     registry.set_champion("1")
     server = make_server(auth_token=TOKEN, auth_scope="admin")
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     request = pb.ClassifyRequest(object=to_objects(sample_inputs[:1])[0])
     assert stub.Classify(request, timeout=5).result.model_version == "1"
     assert _code(lambda: stub.ReloadModel(pb.ReloadModelRequest(), timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
@@ -84,7 +84,7 @@ def test_admin_scope_guards_only_reload(make_server, registry, sample_inputs):
 def test_without_a_token_everything_is_open(make_server, registry, sample_inputs):
     registry.set_champion("1")
     server = make_server()
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     assert stub.Classify(pb.ClassifyRequest(object=to_objects(sample_inputs[:1])[0]), timeout=5).result
     assert stub.ReloadModel(pb.ReloadModelRequest(), timeout=30).version == "1"
 

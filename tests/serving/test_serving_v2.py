@@ -15,6 +15,7 @@ from stellar_api._generated.inference import grpc_predict_v2_pb2 as v2
 from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
+from stellar_api.client import class_name
 
 from .messages import probabilities_of, to_objects
 
@@ -69,10 +70,10 @@ def test_infer_on_real_objects_is_identical_to_classify(served, registry, sample
     assert proba.dtype == np.float32 and proba.shape == (300, 3)
     assert index.dtype == np.int64 and index.tolist() == proba.argmax(axis=1).tolist()
 
-    stub = pb_grpc.ClassifierStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
     batch = stub.ClassifyBatch(pb.ClassifyBatchRequest(objects=to_objects(inputs)), timeout=10)
     assert proba.tolist() == [probabilities_of(r) for r in batch.results]
-    assert [CLASSES[k] for k in index] == [r.predicted_class for r in batch.results]
+    assert [CLASSES[k] for k in index] == [class_name(r.predicted_class) for r in batch.results]
     assert proba.tolist() == registry.expected("1", inputs).tolist()
 
     only = _infer(client, features[:5], outputs=[triton.InferRequestedOutput("output__1")])
