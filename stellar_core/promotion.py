@@ -204,7 +204,7 @@ class PromotionDecision:
     margin: float
     alpha: float
     degradation_retrain: bool
-    rule: str  # the rule that decided: superiority or non_inferiority
+    rule: str  # the rule that decided: superiority, or non_inferiority on a degradation retrain without it
     promote: bool
     summary: str
 
@@ -255,7 +255,8 @@ def decide_promotion(champion_correct, challenger_correct, *, degradation_retrai
     non_inferior = (degradation_retrain and table.challenger_only > table.champion_only
                     and interval[0] > -margin)
     promote = superior or non_inferior
-    rule = NON_INFERIORITY if non_inferior and not superior else SUPERIORITY
+    # The rule that decided: superiority, or non-inferiority when a degradation retrain falls back on it.
+    rule = NON_INFERIORITY if degradation_retrain and not superior else SUPERIORITY
     summary = _summary(table, p_value, interval, confidence, margin, alpha, degradation_retrain, superior, promote)
     return PromotionDecision(
         table.both_right, table.champion_only, table.challenger_only, table.both_wrong, table.rows,

@@ -139,7 +139,7 @@ def test_non_inferiority_promotes_only_on_a_degradation_retrain():
     rows = vectors(1980, 3, 6, 11)
     ordinary = decide_promotion(*rows)
     degraded = decide_promotion(*rows, degradation_retrain=True)
-    assert ordinary.p_value == pytest.approx(130 / 512) and not ordinary.promote
+    assert ordinary.p_value == pytest.approx(130 / 512) and not ordinary.promote and ordinary.rule == SUPERIORITY
     assert "non-inferiority does not apply" in ordinary.summary
     assert degraded.interval[0] > -0.01
     assert degraded.promote and degraded.rule == NON_INFERIORITY and degraded.summary.endswith("non-inferior")
@@ -148,7 +148,7 @@ def test_non_inferiority_promotes_only_on_a_degradation_retrain():
 def test_non_inferiority_needs_the_interval_within_the_margin():
     # Ahead by 2 rows of 300 with 22 discordant: the interval reaches far below -1 point.
     decision = decide_promotion(*vectors(270, 10, 12, 8), degradation_retrain=True)
-    assert decision.interval[0] < -0.01
+    assert decision.interval[0] < -0.01 and decision.rule == NON_INFERIORITY
     assert not decision.promote and decision.summary.endswith("inferiority not ruled out")
 
 
