@@ -174,7 +174,8 @@ def degradation_evidence(labelled_weeks: Sequence, reference_correct: int, refer
 
 def _summary(status: str, correct: int, total: int, weeks: tuple[str, ...], reference_correct: int,
              reference_total: int, p_value: float | None, alpha: float, min_rows: int) -> str:
-    reference = f"{reference_correct / reference_total:.1%} on its out-of-time reference ({reference_correct}/{reference_total})"
+    reference = (f"{reference_correct / reference_total:.1%} on its out-of-time reference "
+                 f"({reference_correct}/{reference_total})")
     span = f"{len(weeks)} week{'s' if len(weeks) != 1 else ''}" + (f" ({weeks[0]} .. {weeks[-1]})" if weeks else "")
     if status == NOT_ENOUGH_DATA:
         return (f"not enough data: {total} labelled rows over {span} since the champion was trained, "

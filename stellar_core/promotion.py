@@ -90,8 +90,9 @@ def _correct_vector(values, name: str) -> np.ndarray:
     if array.ndim != 1:
         raise PromotionInputError(f"{name} must be a one-dimensional vector, got shape {array.shape}")
     if array.dtype != bool:
-        if array.size and not np.isin(array, (0, 1)).all():
-            raise PromotionInputError(f"{name} must hold booleans (or 0/1), got values like {array[~np.isin(array, (0, 1))][:3].tolist()}")
+        stray = array[~np.isin(array, (0, 1))]
+        if stray.size:
+            raise PromotionInputError(f"{name} must hold booleans (or 0/1), got values like {stray[:3].tolist()}")
         array = array.astype(bool)
     return array
 
