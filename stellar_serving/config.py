@@ -13,9 +13,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from stellar_core.contract import CHAMPION_ALIAS, DEFAULT_MODEL_NAME  # no xgboost: see server.py's first lines
+from stellar_mlflow.names import CHAMPION_ALIAS
+from stellar_core.contract import DEFAULT_MODEL_NAME
 
 AUTH_SCOPES = ("all", "admin")
+COMPILED_PREDICTOR_MODES = ("auto", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -73,6 +75,16 @@ class ServingConfig:
     parallel_batch_min: int = _env(
         "STELLAR_PARALLEL_BATCH_MIN", 256,
         "smaller requests predict on one thread (OpenMP start-up costs more than it saves, and stalls under load)")
+    compiled_predictor: str = _env(
+        "STELLAR_COMPILED_PREDICTOR", "auto",
+        "auto: compile each model version's trees to C (tl2cgen, in the background, cached) for small requests; "
+        "off: XGBoost answers every request")
+    compiled_max_rows: int = _env(
+        "STELLAR_COMPILED_MAX_ROWS", 32,
+        "requests with fewer rows use the compiled predictor, larger ones XGBoost (measured crossover: "
+        "benchmarks/compiled_predictor.py)")
+    compiled_compiler: str = _env(
+        "STELLAR_COMPILED_PREDICTOR_CC", "gcc", "C compiler tl2cgen runs (gcc or clang, or a path to one)")
     micro_batch_max_rows: int = _env(
         "STELLAR_MICRO_BATCH_MAX_ROWS", 64,
         "concurrent requests smaller than this are predicted together (0: off)")
@@ -110,6 +122,14 @@ class ServingConfig:
 
     def validate(self) -> None:
         problems = [*self._range_problems(), *self._tls_problems(), *self._auth_problems()]
+        if self.compiled_predictor not in COMPILED_PREDICTOR_MODES:
+            problems.append(f"STELLAR_COMPILED_PREDICTOR must be one of {COMPILED_PREDICTOR_MODES}, "
+                            f"got {self.compiled_predictor!r}")
+        compiler = self.compiled_compiler
+        # tl2cgen runs the compiler through the shell: a space or a shell character would split or run other things.
+        if self.compiled_predictor != "off" and (not compiler or not all(c.isalnum() or c in "/._+-" for c in compiler)):
+            problems.append(f"STELLAR_COMPILED_PREDICTOR_CC must name a C compiler (a command or path of letters, "
+                            f"digits and / . _ + -), got {compiler!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"STELLAR_LOG_LEVEL must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if problems:
@@ -187,6 +207,7 @@ _LIMITS = {
     "max_client_id_chars": (1, None),
     "predict_threads": (0, None),
     "parallel_batch_min": (1, None),
+    "compiled_max_rows": (1, None),
     "micro_batch_max_rows": (0, None),
     "max_concurrent_rpcs": (1, None),
     "shutdown_grace_seconds": (0, None),

@@ -43,15 +43,26 @@ class ServerMetrics:
         self.reloads = Counter(
             "stellar_model_reloads_total", "alias look-ups by outcome (swapped, unchanged, failed)", ["outcome"],
             registry=r)
+        self.predictor = Gauge(
+            "stellar_model_predictor", "1 for what answers the current model's small requests: compiled or xgboost "
+            "(GetModelInfo's predictor_note says why)", ["model", "version", "predictor"], registry=r)
+        self.compiles = Counter(
+            "stellar_compiled_predictor_total", "compiled-predictor preparations by outcome (compiled, reused, "
+            "unavailable, failed, mismatch, skipped, off)", ["outcome"], registry=r)
         self._http = None
         self.port: int | None = None
         self._info_labels: tuple | None = None
+        self._predictor_labels: tuple | None = None
 
-    def set_model(self, name: str, version: str, source: str, loaded_at: float) -> None:
+    def set_model(self, name: str, version: str, source: str, loaded_at: float, predictor: str = "xgboost") -> None:
         if self._info_labels is not None:
             self.model_info.remove(*self._info_labels)
         self._info_labels = (name, version, source)
         self.model_info.labels(*self._info_labels).set(1)
+        if self._predictor_labels is not None:
+            self.predictor.remove(*self._predictor_labels)
+        self._predictor_labels = (name, version, predictor)
+        self.predictor.labels(*self._predictor_labels).set(1)
         try:
             self.model_version.labels(name).set(float(version))
         except ValueError:

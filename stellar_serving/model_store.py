@@ -19,6 +19,14 @@
   `request_reload()` joins a reload that has not read the alias yet, or queues
   one to run after the current one: a caller never gets an answer read before
   it asked (the poller, which does not care, joins the running one).
+- Small requests (fewer than STELLAR_COMPILED_MAX_ROWS rows) go to the
+  version's trees compiled to C (compiled.py) once they are ready: a library
+  in the model cache is loaded with the version; otherwise XGBoost answers
+  while one compile thread builds it, then `settle_predictor` swaps in a copy
+  of the same LoadedModel with the compiled predictor, only while that version
+  is still the one served and still waiting for it (a late compile never
+  replaces a newer model). `predictor` and `predictor_note` say which one
+  answers and why.
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,9 +48,11 @@ import numpy as np
 
 from stellar_core.contract import CLASSES, INPUT_RANGES, MODEL_INPUTS
 from stellar_core.features import derive_feature_matrix
-from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ContractMismatch, ModelBundle
+from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_core.model_bundle import ContractMismatch, ModelBundle
 
-from stellar_serving.booster_call import DensePredictor
+from stellar_serving import compiled
+from stellar_serving.booster_call import DensePredictor, Predict
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 
@@ -73,6 +84,11 @@ class ModelRejected(RuntimeError):
 # Probe rows sum to 1 within this (float32 softmax rounding is ~1e-7).
 PROBABILITY_SUM_TOLERANCE = 1e-3
 
+PREDICTOR_XGBOOST = "xgboost"
+PREDICTOR_COMPILED = "compiled"
+COMPILING_NOTE = "compiling the trees in the background; XGBoost answers until the compiled predictor is ready"
+OFF_NOTE = "compiled predictor off (STELLAR_COMPILED_PREDICTOR=off): XGBoost answers every request"
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -94,6 +110,11 @@ class LoadedModel:
     predict_small: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
     predict_large: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
     parallel_batch_min: int = 256
+    # The trees compiled to C (compiled.py), for requests of fewer than compiled_max_rows rows.
+    predict_compiled: Predict | None = field(default=None, repr=False, compare=False)
+    compiled_max_rows: int = 0
+    predictor: str = PREDICTOR_XGBOOST  # what answers small requests: "compiled" or "xgboost"
+    predictor_note: str = ""  # one sentence: why that one (or that the compiled one is on its way)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -105,7 +126,11 @@ class LoadedModel:
 
     def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] raw inputs -> float32 [n, 3]: derive_feature_matrix, then the booster."""
-        predict = self.predict_small if len(inputs) < self.parallel_batch_min else self.predict_large
+        rows = len(inputs)
+        if self.predict_compiled is not None and rows < self.compiled_max_rows:
+            predict = self.predict_compiled
+        else:
+            predict = self.predict_small if rows < self.parallel_batch_min else self.predict_large
         return (predict or self.bundle.predict_proba_features)(derive_feature_matrix(inputs))
 
 
@@ -121,6 +146,9 @@ class ModelStore:
         self.config = config
         self.metrics = metrics
         self._current: LoadedModel | None = None
+        self._swap_lock = threading.Lock()  # a swap and a compiled predictor's check-then-swap never interleave
+        self._compile_jobs: queue.Queue = queue.Queue()
+        self._compile_thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
         self._reloader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stellar-reload")
         self._reload_lock = threading.Lock()
@@ -162,6 +190,7 @@ class ModelStore:
 
     def stop(self) -> None:
         self._stop.set()
+        self._compile_jobs.put(None)
         self._reloader.shutdown(wait=False, cancel_futures=True)
         if self._poller is not None:
             self._poller.join(timeout=5)
@@ -212,7 +241,7 @@ class ModelStore:
 
     def refresh(self) -> ReloadOutcome:
         """Ask the registry which version the alias names; swap it in if it is new."""
-        from stellar_core.registry import download_bundle, get_alias_version
+        from stellar_mlflow.registry import download_bundle, get_alias_version
 
         with self._refresh_lock:
             retry_refused = self._take_retry_refused()
@@ -272,7 +301,9 @@ class ModelStore:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             self._write_last_good(final)
+            model, compile_job = self._with_predictor(model)
             self._swap(model)
+            self._compile_later(compile_job)
             self._count("swapped")
             self._prune(keep={final.name, f"v{previous.version}" if previous else ""})
             return ReloadOutcome(previous, model, True)
@@ -289,7 +320,9 @@ class ModelStore:
         except Exception as exc:
             log.error("cached model unusable: %s", exc, extra={"event": "cache_unusable"})
             return None
+        model, compile_job = self._with_predictor(model)
         self._swap(model)
+        self._compile_later(compile_job)
         log.warning("serving cached model %s v%s", model.name, model.version, extra={"event": "serving_cache"})
         return model
 
@@ -302,6 +335,11 @@ class ModelStore:
         for child in self.cache_root.iterdir():
             if child.is_dir() and child.name.startswith("v") and child.name not in keep:
                 shutil.rmtree(child, ignore_errors=True)
+        libraries = self.cache_root / compiled.COMPILED_DIR
+        for library in (libraries.iterdir() if libraries.is_dir() else ()):
+            # v<version>-<key>.so: kept with its version's bundle
+            if library.name.startswith("v") and library.name.split("-")[0] not in keep:
+                library.unlink(missing_ok=True)
 
     # -- loading and swapping -------------------------------------------------------
     def _load(self, folder: Path, meta: dict, source: str) -> LoadedModel:
@@ -347,15 +385,101 @@ class ModelStore:
         )
 
     def _swap(self, model: LoadedModel) -> None:
+        with self._swap_lock:
+            self._swap_locked(model)
+
+    def _swap_locked(self, model: LoadedModel) -> None:
         old = self._current
         self._current = model  # the atomic swap: one reference assignment
-        log.info("serving %s v%s (from %s)%s", model.name, model.version, model.source,
-                 f", replacing v{old.version}" if old else "",
-                 extra={"event": "model_swapped", "model_version": model.version, "source": model.source})
+        log.info("serving %s v%s (from %s, %s predictor)%s", model.name, model.version, model.source,
+                 model.predictor, f", replacing v{old.version}" if old else "",
+                 extra={"event": "model_swapped", "model_version": model.version, "source": model.source,
+                        "predictor": model.predictor})
         if self.metrics is not None:
-            self.metrics.set_model(model.name, model.version, model.source, model.loaded_at)
+            self.metrics.set_model(model.name, model.version, model.source, model.loaded_at, model.predictor)
         for listener in self._listeners:
             listener(model)
+
+    # -- the compiled predictor -------------------------------------------------------
+    def _with_predictor(self, model: LoadedModel) -> tuple[LoadedModel, Callable[[], None] | None]:
+        """`model` with its compiled predictor when the cache has one; else on XGBoost, with
+        the compile job to start once it serves (None: nothing to compile)."""
+        if self.config.compiled_predictor == "off":
+            self._count_compile("off")
+            return replace(model, predictor_note=OFF_NOTE), None
+        probes, reference = _compiled_probe_features(), model.predict_small
+        try:
+            model_bytes = bytes(model.bundle.booster.save_raw(raw_format="ubj"))
+            prepared = compiled.prepare(model_bytes, model.version, self.cache_root, self.config.compiled_compiler,
+                                        reference, probes, len(CLASSES), build=False)
+        except Exception as exc:
+            return replace(model, predictor_note=self._compile_failed(model.version, exc)), None
+        if prepared is None:
+            return replace(model, predictor_note=COMPILING_NOTE), (
+                lambda: self._compile(model.version, model_bytes, reference, probes))
+        self._count_compile(prepared.outcome)
+        return self._compiled_copy(model, prepared.predict, prepared.note), None
+
+    def _compiled_copy(self, model: LoadedModel, predict: Predict, note: str) -> LoadedModel:
+        return replace(model, predict_compiled=predict, compiled_max_rows=self.config.compiled_max_rows,
+                       predictor=PREDICTOR_COMPILED, predictor_note=note)
+
+    def _compile_later(self, job: Callable[[], None] | None) -> None:
+        if job is None:
+            return
+        with self._swap_lock:
+            if self._compile_thread is None:
+                # A daemon thread: a compile under way never holds up the process's exit.
+                self._compile_thread = threading.Thread(target=self._run_compiles, name="stellar-compile", daemon=True)
+                self._compile_thread.start()
+        self._compile_jobs.put(job)
+
+    def _run_compiles(self) -> None:
+        while (job := self._compile_jobs.get()) is not None and not self._stop.is_set():
+            job()
+
+    def _compile(self, version: str, model_bytes: bytes, reference: Predict, probes: np.ndarray) -> None:
+        current = self._current
+        if current is None or current.version != version:
+            self._count_compile("skipped")  # swapped out while queued; a new load of it queues it again
+            return
+        try:
+            prepared = compiled.prepare(model_bytes, version, self.cache_root, self.config.compiled_compiler,
+                                        reference, probes, len(CLASSES))
+        except Exception as exc:
+            self.settle_predictor(version, None, self._compile_failed(version, exc))
+            return
+        self._count_compile(prepared.outcome)
+        if self.settle_predictor(version, prepared.predict, prepared.note):
+            log.info("compiled predictor serves v%s", version,
+                     extra={"event": "compiled_predictor", "model_version": version, "outcome": prepared.outcome})
+
+    def settle_predictor(self, version: str, predict: Predict | None, note: str) -> bool:
+        """Swap in the outcome of `version`'s compile (its predictor, or None and why not) if that
+        version is still served and still waiting for it; False (nothing changed) otherwise."""
+        with self._swap_lock:
+            current = self._current
+            if current is None or current.version != version or current.predictor_note != COMPILING_NOTE:
+                return False
+            settled = (self._compiled_copy(current, predict, note) if predict is not None
+                       else replace(current, predictor_note=note))
+            self._swap_locked(settled)
+            return True
+
+    def _compile_failed(self, version: str, exc: Exception) -> str:
+        """The note for a version left on XGBoost by `exc`; counted and logged."""
+        if isinstance(exc, compiled.CompileFailed):
+            reason, outcome = str(exc), exc.outcome
+        else:
+            reason, outcome = f"preparing the compiled predictor failed: {type(exc).__name__}: {_short(exc)}", "failed"
+        self._count_compile(outcome)
+        log.warning("no compiled predictor for v%s, XGBoost answers: %s", version, reason,
+                    extra={"event": "compiled_predictor_fallback", "model_version": version, "outcome": outcome})
+        return f"XGBoost answers every request: {reason}"
+
+    def _count_compile(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.compiles.labels(outcome).inc()
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
@@ -368,6 +492,15 @@ def _probe_features() -> np.ndarray:
     low = np.array([INPUT_RANGES[n][0] for n in MODEL_INPUTS])
     high = np.array([INPUT_RANGES[n][1] for n in MODEL_INPUTS])
     return derive_feature_matrix((low + rows * (high - low)).astype(np.float32))
+
+
+def _compiled_probe_features() -> np.ndarray:
+    """The spread probes plus 192 seeded random objects in the input ranges: more paths through the trees."""
+    rng = np.random.default_rng(14)
+    low = np.array([INPUT_RANGES[n][0] for n in MODEL_INPUTS])
+    high = np.array([INPUT_RANGES[n][1] for n in MODEL_INPUTS])
+    random = derive_feature_matrix((low + rng.random((192, len(MODEL_INPUTS))) * (high - low)).astype(np.float32))
+    return np.ascontiguousarray(np.concatenate([_probe_features(), random]), dtype=np.float32)
 
 
 def _check_probabilities(proba: np.ndarray, n: int, what: str) -> None:
