@@ -4,6 +4,9 @@ Everything lives under one project home, `$STELLAR_HOME` (default `.stellar`
 in the working directory): the Dagster instance, the Parquet asset store, the
 MLflow SQLite store and artifacts, the predictions database. A team set-up
 overrides each piece with its own variable (MLFLOW_TRACKING_URI, ...).
+
+Readers only: preparing the home (its dagster.yaml, the environment of the
+processes the app starts) is the application's job (stellar_app.home).
 """
 
 from __future__ import annotations
@@ -62,24 +65,3 @@ def default_sdss_csv() -> tuple[str | None, str]:
     if SHARED_SAMPLE.exists():
         return str(SHARED_SAMPLE), "the shared SDSS17 sample beside the checkout (../shared/data)"
     return None, "no SDSS17 CSV configured or found"
-
-
-# The embedded instance: SQLite storage in DAGSTER_HOME (Dagster's default), no telemetry.
-# The repository root's dagster.yaml is the same instance for the default project home
-# (.stellar/dagster, by relative paths); this one is written for any STELLAR_HOME.
-EMBEDDED_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
-
-
-def configure_environment() -> dict[str, str]:
-    """Environment for the embedded set-up, shared by `stellar demo`, `stellar ingest` and
-    `stellar ui`: the same project home and Dagster instance, whichever command runs. The
-    source needs nothing here: the code location applies default_sdss_csv() itself."""
-    home = project_home()
-    os.environ["STELLAR_HOME"] = str(home)
-    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
-    dagster_dir = Path(os.environ["DAGSTER_HOME"])
-    dagster_dir.mkdir(parents=True, exist_ok=True)
-    instance_yaml = dagster_dir / "dagster.yaml"
-    if not instance_yaml.exists():
-        instance_yaml.write_text(EMBEDDED_INSTANCE_YAML)
-    return {k: os.environ[k] for k in ("STELLAR_HOME", "DAGSTER_HOME") if k in os.environ}

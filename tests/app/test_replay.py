@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stellar_assets.replay import ReplayError, print_timeline, run_replay, save_timeline
-from stellar_core.model_bundle import TAG_WINDOW_LAST
+from stellar_app.replay import ReplayError, print_timeline, run_replay, save_timeline
+from stellar_mlflow.names import TAG_WINDOW_LAST
 from tests.monitoring.scenario import SMALL_MODEL
 
 FIRST, LAST = "2008-04-27", "2008-06-29"

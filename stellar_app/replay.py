@@ -37,10 +37,11 @@ from stellar_assets.monitoring.sensors import (
     build_retraining_sensor,
     promotion_of_run,
 )
+from stellar_app.runs import RANGE_END_TAG, RANGE_START_TAG, failure_text as _failure_text
+from stellar_app.runs import materializations as _materializations
+from stellar_app.settings import AppSettings
 from stellar_core.weeks import Week
 
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 REPLAY_TAG = "stellar/replay"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # A challenger blocked by the gate is a normal outcome: the replay prints the failed check in one line
@@ -74,29 +75,6 @@ def _shift(week: str, weeks: int) -> str:
     return (Week.of(week) + weeks).key
 
 
-def _materializations(result) -> dict[tuple[str, str], dict]:
-    out = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        out[(materialization.asset_key.to_user_string(), materialization.partition)] = {
-            k: v.value for k, v in materialization.metadata.items()}
-    return out
-
-
-def _failure_text(result) -> str:
-    # A blocked challenger: the failed gate check's own words say more than the step's exception.
-    for evaluation in result.get_asset_check_evaluations():
-        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
-            return f"{evaluation.check_name}: {evaluation.description}"
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            if data.user_failure_data and data.user_failure_data.description:
-                return data.user_failure_data.description
-            return data.error.message.strip().splitlines()[0] if data.error else event.message
-    return "unknown failure"
-
-
 def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: str = DEFAULT_FIRST_WEEK,
                last_week: str = DEFAULT_LAST_WEEK, *, training_window_weeks: int | None = None,
                challenger_config: dict | None = None, cooldown_weeks: int | None = None,
@@ -104,8 +82,9 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
     """Replay [first_week, last_week]; returns the per-week timeline (see module docstring)."""
 
     from stellar_assets.partitions import observation_weeks
-    from stellar_assets.training import DEFAULT_WINDOW_WEEKS, window_weeks_from_env
-    from stellar_core.registry import champion_as_of
+    from stellar_assets.settings import load_settings
+    from stellar_assets.training import DEFAULT_WINDOW_WEEKS
+    from stellar_mlflow.registry import champion_as_of
 
     keys = observation_weeks.get_partition_keys()
     for name, week in (("first_week", first_week), ("last_week", last_week)):
@@ -117,7 +96,7 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
     if first_week == keys[0]:
         raise ReplayError(f"first_week {first_week} is the first observation week: an initial champion needs "
                           "earlier weeks to train on")
-    window = training_window_weeks if training_window_weeks is not None else (window_weeks_from_env() or DEFAULT_WINDOW_WEEKS)
+    window = training_window_weeks if training_window_weeks is not None else (load_settings().training_window_weeks or DEFAULT_WINDOW_WEEKS)
     initial_week = _shift(first_week, -1)
     history_start = max(keys[0], _shift(initial_week, -(window - 1)))
     log = ReplayLog()
@@ -296,20 +275,20 @@ def print_timeline(timeline: pd.DataFrame, say: Callable[[str], None] = print) -
 
 
 def replay_main(first_week: str | None = None, last_week: str | None = None, *, ingest: bool = True,
-                say: Callable[[str], None] = print) -> tuple[pd.DataFrame, Path, Path]:
+                say: Callable[[str], None] = print,
+                settings: AppSettings | None = None) -> tuple[pd.DataFrame, Path, Path]:
     """The main job's replay step on the project's own instance (the one `make ui` opens):
     run, print the timeline, save timeline.csv and timeline.png under <project home>/replay.
     Range: the arguments, else STELLAR_REPLAY_FIRST_WEEK / STELLAR_REPLAY_LAST_WEEK, else the default."""
-    import os
+    from stellar_app.home import prepare_home
 
-    from stellar_core.home import configure_environment, project_home
-
-    configure_environment()
+    settings = settings or AppSettings()
+    prepare_home(settings)
     from stellar_assets.definitions import defs
 
     instance = dg.DagsterInstance.get()
-    first = first_week or os.environ.get("STELLAR_REPLAY_FIRST_WEEK") or DEFAULT_FIRST_WEEK
-    last = last_week or os.environ.get("STELLAR_REPLAY_LAST_WEEK") or DEFAULT_LAST_WEEK
+    first = first_week or settings.stellar_replay_first_week or DEFAULT_FIRST_WEEK
+    last = last_week or settings.stellar_replay_last_week or DEFAULT_LAST_WEEK
     started = time.perf_counter()
     timeline = run_replay(instance, defs, first, last, ingest=ingest, say=say)
     elapsed = time.perf_counter() - started
@@ -317,6 +296,6 @@ def replay_main(first_week: str | None = None, last_week: str | None = None, *, 
     say(f"\nReplay {first}..{last}: {len(timeline)} weeks in {elapsed:.0f} s, {len(runs)} Dagster runs "
         f"({', '.join(f'{n} {j}' for j, n in pd.Series([r['job'] for r in runs]).value_counts().items())})")
     print_timeline(timeline, say)
-    csv_path, png_path = save_timeline(timeline, project_home() / "replay")
+    csv_path, png_path = save_timeline(timeline, settings.home / "replay")
     say(f"Timeline saved: {csv_path} and {png_path}")
     return timeline, csv_path, png_path

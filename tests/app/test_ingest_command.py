@@ -16,7 +16,7 @@ from stellar_core.weeks import week_keys_for_mjds
 def stellar_ingest(home: Path, csv: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "STELLAR_HOME": str(home), "STELLAR_SDSS_CSV": str(csv), "STELLAR_SOURCE": "sdss_csv"}
     env.pop("DAGSTER_HOME", None)
-    return subprocess.run([sys.executable, "-m", "stellar_assets.cli", "ingest", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "stellar_app.cli", "ingest", *args], env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from stellar_app.cli import main
+
+sys.exit(main())
