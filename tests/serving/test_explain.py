@@ -15,6 +15,7 @@ from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api.client import StellarClient, class_name, field_violations
 from stellar_api.status_details import DETAILS_KEY
+from stellar_serving.servicers import EXPLAIN_MAX_OBJECTS
 
 from .messages import to_objects
 
@@ -95,6 +96,17 @@ def test_explain_refuses_bad_input_as_classify_does(served, sample_inputs):
     assert [v.field for v in field_violations(_refusal(lambda: client.explain(long_id)))] == ["objects[1].client_id"]
     # The server goes on explaining.
     assert client.explain(to_objects(sample_inputs[:1])).model_version == "1"
+
+
+def test_explain_takes_a_bounded_batch_whatever_the_batch_size(make_server, registry, sample_inputs):
+    registry.set_champion("1")
+    server = make_server(max_batch_size=EXPLAIN_MAX_OBJECTS * 5)
+    with StellarClient(f"127.0.0.1:{server.port}", timeout=60) as client:
+        error = _refusal(lambda: client.explain(to_objects(sample_inputs[:EXPLAIN_MAX_OBJECTS + 1])))
+        assert error.details() == (f"Explain takes at most {EXPLAIN_MAX_OBJECTS} objects per call, "
+                                   f"got {EXPLAIN_MAX_OBJECTS + 1}: split the request")
+        assert [v.field for v in field_violations(error)] == ["objects"]
+        assert len(client.explain(to_objects(sample_inputs[:EXPLAIN_MAX_OBJECTS])).explanations) == EXPLAIN_MAX_OBJECTS
 
 
 def test_invalid_input_carries_bad_request_details_naming_object_and_field(served, sample_inputs):
