@@ -48,9 +48,8 @@ INPUT_RANGES: dict[str, tuple[float, float]] = {
     "redshift": REDSHIFT_RANGE,
 }
 
-# The registered model and the alias production serves (MLflow registry names).
+# The registered model's default name (the alias production serves: stellar_mlflow.names).
 DEFAULT_MODEL_NAME = "stellar-classifier"
-CHAMPION_ALIAS = "champion"
 
 CONTRACT_VERSION = 1
 

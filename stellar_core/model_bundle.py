@@ -20,20 +20,12 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from stellar_core.contract import CHAMPION_ALIAS, CLASSES, DEFAULT_MODEL_NAME, MODEL_INPUTS, serving_contract  # noqa: F401 (re-exported)
+from stellar_core.contract import CLASSES, DEFAULT_MODEL_NAME, MODEL_INPUTS, serving_contract  # noqa: F401 (re-exported)
 from stellar_core.features import FEATURE_NAMES, derive_feature_matrix
 
-SERVING_ARTIFACT_DIR = "serving"
 BOOSTER_FILE = "model.ubj"
 CONTRACT_FILE = "contract.json"
 CARD_FILE = "model_card.json"
-
-
-# Model version tags that let anyone find "the champion as of week W".
-TAG_WINDOW_FIRST = "training_window_first_week"
-TAG_WINDOW_LAST = "training_window_last_week"
-TAG_PARTITION = "dagster_partition"
-TAG_DAGSTER_RUN = "dagster_run_id"
 
 
 class ContractMismatch(ValueError):
@@ -103,7 +95,6 @@ def new_contract() -> dict:
 
 
 __all__ = [
-    "BOOSTER_FILE", "CARD_FILE", "CHAMPION_ALIAS", "CONTRACT_FILE", "ContractMismatch",
-    "DEFAULT_MODEL_NAME", "MODEL_INPUTS", "ModelBundle", "SERVING_ARTIFACT_DIR",
-    "TAG_DAGSTER_RUN", "TAG_PARTITION", "TAG_WINDOW_FIRST", "TAG_WINDOW_LAST", "new_contract",
+    "BOOSTER_FILE", "CARD_FILE", "CONTRACT_FILE", "ContractMismatch", "DEFAULT_MODEL_NAME", "MODEL_INPUTS",
+    "ModelBundle", "new_contract",
 ]

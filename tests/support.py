@@ -10,14 +10,8 @@ import numpy as np
 import pandas as pd
 
 from stellar_core.features import FEATURE_NAMES
-from stellar_core.model_bundle import (
-    DEFAULT_MODEL_NAME,
-    TAG_WINDOW_FIRST,
-    TAG_WINDOW_LAST,
-    ModelBundle,
-    SERVING_ARTIFACT_DIR,
-    new_contract,
-)
+from stellar_core.model_bundle import DEFAULT_MODEL_NAME, ModelBundle, new_contract
+from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, SERVING_ARTIFACT_DIR
 
 
 def free_port() -> int:
@@ -34,7 +28,7 @@ def publish(tracking_uri: str, experiment_id: str, booster, window: tuple[str, s
     to the model, registered from runs:/<run>/model with the training-window tags; returns the version."""
     import mlflow
 
-    from stellar_assets.training.mlflow_glue import log_model_and_bundle
+    from stellar_mlflow.runs import log_model_and_bundle
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

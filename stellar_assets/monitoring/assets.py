@@ -13,37 +13,36 @@ consecutive weeks in as few runs as possible.
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import dagster as dg
-import matplotlib
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from stellar_core.contract import CLASSES  # noqa: E402
-from stellar_core.drift import (  # noqa: E402
-    DRIFT_FAMILIES,
-    NOT_ENOUGH_DATA,
-    build_drift_report,
-    choose_window,
-    summary_markdown,
+from stellar_assets.monitoring.resources import PREDICTIONS_TABLE, ServerUnreachable
+from stellar_assets.monitoring.serving_metrics import parse_metrics, week_figures
+from stellar_assets.partitions import observation_weeks
+from stellar_assets.resources.io_managers import ROW_COUNT_FIELD
+from stellar_core.contract import CLASSES
+from stellar_core.drift import DRIFT_FAMILIES, NOT_ENOUGH_DATA, build_drift_report, choose_window, summary_markdown
+from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix
+from stellar_core.model_bundle import ModelBundle
+from stellar_core.plots import distribution_figure
+from stellar_core.weeks import Week, week_keys_for_mjds
+from stellar_mlflow.names import (
+    DRIFT_PLOT,
+    DRIFT_REPORT_ARTIFACT,
+    SERVING_REPORT_ARTIFACT,
+    TAG_ASSET,
+    TAG_CHAMPION_VERSION,
+    TAG_DAGSTER_RUN,
+    TAG_DRIFT_STATUS,
+    TAG_WEEK,
+    TAG_WINDOW_FIRST,
+    TAG_WINDOW_LAST,
 )
-from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix  # noqa: E402
-from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST, ModelBundle  # noqa: E402
-from stellar_core.registry import champion_as_of, load_bundle  # noqa: E402
-from stellar_core.weeks import Week, week_keys_for_mjds  # noqa: E402
-from stellar_assets.monitoring.resources import (  # noqa: E402
-    PREDICTIONS_TABLE,
-    ServerUnreachable,
-)
-from stellar_assets.monitoring.serving_metrics import parse_metrics, week_figures  # noqa: E402
-from stellar_assets.partitions import observation_weeks  # noqa: E402
-from stellar_assets.resources.io_managers import ROW_COUNT_FIELD  # noqa: E402
-from stellar_assets.training.resources import ensure_experiment  # noqa: E402
+from stellar_mlflow.registry import champion_as_of, load_bundle
+from stellar_mlflow.runs import ensure_experiment, log_report_run
 
 MAX_TRAILING_WEEKS = 4  # the drift window mapping; DriftSettings.trailing_weeks may only lower it
 CHECK_DESCRIPTIONS = {
@@ -180,72 +179,6 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
                                          allow_nonexistent_upstream_partitions=True)
 
 
-def distribution_figure(reference: pd.DataFrame, current: pd.DataFrame, report: dict, title: str,
-                        panels: int = 7):
-    """Reference vs current density of the most-shifted features (drifted ones in red) and the class mix.
-    Only the `panels` largest shifts (Wasserstein, drifted first) are drawn: the JSON has every feature."""
-    drifted = set(report.get("drifted_features", []))
-    ranked = sorted(report.get("features") or [{"feature": f} for f in FEATURE_NAMES],
-                    key=lambda f: (f["feature"] not in drifted, -(f.get("wasserstein_sd") or 0.0)))
-    shown = [f["feature"] for f in ranked[:panels]]
-    fig, axes = plt.subplots(2, 4, figsize=(11, 5), dpi=72)
-    for ax, name in zip(axes.flat, shown):
-        ref, cur = reference[name].dropna().to_numpy(), current[name].dropna().to_numpy()
-        both = np.concatenate([ref, cur]) if len(cur) else ref
-        low, high = np.quantile(both, [0.005, 0.995]) if len(both) else (0, 1)
-        bins = np.linspace(low, high if high > low else low + 1, 30)
-        # Step outlines, not bar patches: one artist per curve keeps the figure fast to draw.
-        for values, label, colour in ((ref, "reference", "tab:blue"),
-                                      (cur, "current", "tab:red" if name in drifted else "tab:orange")):
-            if len(values):
-                density, _ = np.histogram(values, bins=bins, density=True)
-                ax.stairs(density, bins, fill=label == "reference", alpha=0.5 if label == "reference" else 1.0,
-                          label=label, color=colour)
-        ax.set_title(name + (" (drift)" if name in drifted else ""), fontsize=9, color="red" if name in drifted else "black")
-        ax.tick_params(labelsize=7)
-    mix_ax = axes.flat[-1]
-    prediction = report.get("prediction", {})
-    for offset, (label, key) in enumerate((("reference", "reference_shares"), ("current", "shares"))):
-        shares = prediction.get(key) or {}
-        mix_ax.bar(np.arange(len(CLASSES)) + offset * 0.4, [shares.get(c, 0) for c in CLASSES], width=0.4, label=label)
-    mix_ax.axhline(0.9, color="grey", linestyle=":")
-    mix_ax.axhline(0.1, color="grey", linestyle=":")
-    mix_ax.set_xticks(np.arange(len(CLASSES)) + 0.2, CLASSES, fontsize=8)
-    mix_ax.set_title("predicted class mix", fontsize=9)
-    mix_ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(shown):-1]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def _log_to_mlflow(client: MlflowClient, experiment_id: str, run_name: str, tags: dict, metrics: dict,
-                   documents: dict[str, dict], figures: dict) -> tuple[str, str]:
-    """One MLflow run holding the report; returns (run_id, artifact_uri)."""
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    run_id = run.info.run_id
-    try:
-        for key, value in metrics.items():
-            if value is not None and np.isfinite(value):
-                client.log_metric(run_id, key, float(value))
-        for path, document in documents.items():
-            client.log_dict(run_id, document, path)
-        for path, fig in figures.items():
-            with tempfile.TemporaryDirectory(prefix="stellar-plot-") as tmp:
-                target = Path(tmp) / Path(path).name
-                fig.savefig(target, dpi=72)
-                parent = str(Path(path).parent)
-                client.log_artifact(run_id, str(target), None if parent == "." else parent)
-            plt.close(fig)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id)
-    return run_id, run.info.artifact_uri
-
-
 def _check_results(reports: dict[str, dict]) -> list[dg.AssetCheckResult]:
     """One result per family for the weeks of this run: which weeks and features, by how much, which threshold."""
     results = []
@@ -378,19 +311,19 @@ def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFr
         if accuracy is not None:
             metadata["accuracy"] = dg.MetadataValue.float(float(accuracy))
         if len(current):
-            figures = {"drift/distributions.png": distribution_figure(reference["features"], current, report, title)} \
+            figures = {DRIFT_PLOT: distribution_figure(reference["features"], current, report, title)} \
                 if settings.plots and report["features"] else {}
-            run_id, artifact_uri = _log_to_mlflow(
+            run_id, artifact_uri = log_report_run(
                 client, experiment_id, f"drift {week}",
-                tags={"week": week, "stellar_asset": "drift_report", "champion_version": str(version.version),
-                      "dagster_run_id": context.run_id, "drift_status": report["status"]},
+                tags={TAG_WEEK: week, TAG_ASSET: "drift_report", TAG_CHAMPION_VERSION: str(version.version),
+                      TAG_DAGSTER_RUN: context.run_id, TAG_DRIFT_STATUS: report["status"]},
                 metrics={"drift_detected": float(report["drift_detected"]), "rows_tested": float(len(current)),
                          "features_drifted": float(len(report.get("drifted_features", []))),
                          **({"accuracy": float(accuracy)} if accuracy is not None else {})},
-                documents={"drift/drift_report.json": json.loads(json.dumps(report, default=_json_default))},
+                documents={DRIFT_REPORT_ARTIFACT: json.loads(json.dumps(report, default=_json_default))},
                 figures=figures)
             metadata["mlflow_run"] = dg.MetadataValue.url(registry.run_url(experiment_id, run_id))
-            metadata["report_json"] = dg.MetadataValue.text(f"{artifact_uri}/drift/drift_report.json")
+            metadata["report_json"] = dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_REPORT_ARTIFACT}")
             if figures:
                 metadata["distribution_plot"] = dg.MetadataValue.text(f"{artifact_uri}/drift/distributions.png")
             report["mlflow_run_id"] = run_id
@@ -463,10 +396,10 @@ def _serving_week(context, week: str) -> tuple[dict, dict]:
     experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_root)
     metrics = {k: figures[k] for k in ("requests", "errors", "error_rate", "latency_p50_ms", "latency_p95_ms",
                                        "latency_p99_ms", "objects_classified") if figures.get(k) is not None}
-    run_id, artifact_uri = _log_to_mlflow(
+    run_id, artifact_uri = log_report_run(
         client, experiment_id, f"serving {week}",
-        tags={"week": week, "stellar_asset": "serving_report", "dagster_run_id": context.run_id},
-        metrics=metrics, documents={"serving/serving_report.json": report}, figures={})
+        tags={TAG_WEEK: week, TAG_ASSET: "serving_report", TAG_DAGSTER_RUN: context.run_id},
+        metrics=metrics, documents={SERVING_REPORT_ARTIFACT: report}, figures={})
     rate = "n/a" if figures["error_rate"] is None else f"{figures['error_rate']:.2%}"
     lines = [f"**{figures['requests']} requests**, error rate {rate}",
              f"latency p50/p95/p99: {figures['latency_p50_ms']} / {figures['latency_p95_ms']} / "

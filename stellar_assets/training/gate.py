@@ -22,10 +22,10 @@ from mlflow.tracking import MlflowClient
 
 from stellar_core.features import LABEL, feature_matrix, label_indices
 from stellar_core.model_bundle import ContractMismatch
-from stellar_core.registry import champion_as_of, load_bundle
+from stellar_mlflow.registry import champion_as_of, load_bundle
 from stellar_core.training import Comparison, Evaluation, compare, evaluate
 from stellar_core.weeks import Week
-from stellar_assets.training.mlflow_glue import training_ids
+from stellar_mlflow.registry import training_ids
 
 
 def next_week(week: str) -> str:

@@ -21,24 +21,10 @@ from stellar_core.contract import CLASSES
 from stellar_assets.settings import CodeLocationSettings
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME
 from stellar_core.training import COMPARISON_METRICS
+from stellar_mlflow.runs import ensure_experiment, ensure_store
 
 DEFAULT_EXPERIMENT = "stellar-training"
 _DEFAULTS = CodeLocationSettings.model_fields  # each default is written once, in the settings
-
-
-def ensure_store(tracking_uri: str) -> None:
-    """A SQLite store needs its folder to exist before MLflow opens it."""
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
-    """The experiment id, creating it with artifacts under `artifact_root` (not ./mlruns in the cwd)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
 
 
 @dg.resource(

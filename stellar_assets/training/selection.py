@@ -15,7 +15,7 @@ import pandas as pd
 from stellar_core.features import LABEL, feature_matrix, label_indices
 from stellar_core.model_selection import FAMILIES, best, cross_validate, sample_candidates, write_defaults
 from stellar_core.training import TrainingInputError
-from stellar_assets.training.mlflow_glue import dagster_mlflow_run
+from stellar_mlflow.runs import dagster_mlflow_run
 from stellar_assets.training.resources import TrainingDefaults
 
 

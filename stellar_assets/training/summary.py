@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from stellar_assets.settings import CodeLocationSettings
-from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
-from stellar_core.registry import TAG_PROMOTED_AT, get_alias_version
+from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_mlflow.names import TAG_PROMOTED_AT
+from stellar_mlflow.registry import get_alias_version
 from stellar_assets.training.resources import ModelRegistry
 
 _SHOWN = ("accuracy", "macro_f1", "recall_GALAXY", "recall_QSO", "recall_STAR", "roc_auc_ovr",

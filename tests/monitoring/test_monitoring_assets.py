@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from stellar_assets.monitoring import PredictionServer, PredictionsDatabase
 from stellar_assets.monitoring.sensors import reload_after_promotion, reload_prediction_server
-from stellar_core.model_bundle import TAG_WINDOW_LAST
-from stellar_core.registry import get_alias_version
+from stellar_mlflow.names import TAG_WINDOW_LAST
+from stellar_mlflow.registry import get_alias_version
 from tests.dagster_support import metadata_of
 from tests.monitoring.scenario import CHAMPION_WEEK, DRIFT_WEEK, EMPTY_WEEK, SMALL_WEEK
 from tests.support import free_port

@@ -20,7 +20,8 @@ import pytest
 
 from stellar_core.contract import MODEL_INPUTS
 from stellar_core.features import FEATURE_NAMES, build_features, feature_matrix, label_indices
-from stellar_core.model_bundle import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, ModelBundle, new_contract
+from stellar_mlflow.names import CHAMPION_ALIAS
+from stellar_core.model_bundle import DEFAULT_MODEL_NAME, ModelBundle, new_contract
 from tests.support import free_port, publish
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here: do not try to phone home

@@ -503,7 +503,7 @@ def test_reload_with_no_model_loaded_does_not_claim_a_previous_model(make_server
 
 
 def test_a_reload_asked_after_the_alias_moved_reports_the_new_version(make_server, registry, monkeypatch):
-    import stellar_core.registry as core_registry
+    import stellar_mlflow.registry as core_registry
 
     registry.set_champion("1")
     server = make_server()

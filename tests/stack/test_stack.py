@@ -19,7 +19,7 @@ import time
 import pandas as pd
 import pytest
 
-from stellar_core.model_bundle import TAG_DAGSTER_RUN, TAG_WINDOW_LAST
+from stellar_mlflow.names import TAG_DAGSTER_RUN, TAG_WINDOW_LAST
 from stellar_api.client import StellarClient
 
 from .dagster_api import DagsterApi

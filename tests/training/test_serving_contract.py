@@ -12,10 +12,11 @@ import xgboost as xgb
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from stellar_assets.training.mlflow_glue import contract_problems_of_version
-from stellar_assets.training.resources import ensure_experiment
+from stellar_mlflow.registry import contract_problems_of_version
+from stellar_mlflow.runs import ensure_experiment
 from stellar_core.features import FEATURE_NAMES, build_features, feature_matrix, label_indices
-from stellar_core.model_bundle import SERVING_ARTIFACT_DIR, ModelBundle
+from stellar_mlflow.names import SERVING_ARTIFACT_DIR
+from stellar_core.model_bundle import ModelBundle
 from stellar_core.contract import serving_contract
 
 

@@ -7,9 +7,9 @@ import datetime as dt
 import dagster as dg
 from mlflow.tracking import MlflowClient
 
-from stellar_core.model_bundle import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
 from stellar_assets.training import describe_champion
-from stellar_core.registry import champion_as_of, get_alias_version
+from stellar_mlflow.registry import champion_as_of, get_alias_version
 from tests.dagster_support import check_of, metadata_of
 from tests.training.scenario import EARLY_WEEK, LATE_WEEK, STRONG, WEAK
 

@@ -20,14 +20,15 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from stellar_core.model_bundle import (
+from stellar_core.features import FEATURE_NAMES
+from stellar_core.model_bundle import ContractMismatch, ModelBundle
+from stellar_mlflow.names import (
     CHAMPION_ALIAS,
     SERVING_ARTIFACT_DIR,
+    TAG_PROMOTED_AT,
     TAG_WINDOW_LAST,
-    ModelBundle,
+    TRAINING_IDS_ARTIFACT,
 )
-
-TAG_PROMOTED_AT = "promoted_at_week"
 
 
 def get_alias_version(client: MlflowClient, model_name: str, alias: str = CHAMPION_ALIAS) -> ModelVersion | None:
@@ -93,3 +94,52 @@ def _all_versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
 def _is_not_found(exc: MlflowException) -> bool:
     code = getattr(exc, "error_code", "") or ""
     return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE") or "not found" in str(exc).lower()
+
+
+def training_ids(client: MlflowClient, run_id: str) -> set[str] | None:
+    """The object ids a registered model trained on, or None when its run did not record them."""
+    with tempfile.TemporaryDirectory(prefix="stellar-ids-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, TRAINING_IDS_ARTIFACT, tmp)
+        except Exception:  # noqa: BLE001 - an older run without the artifact: the caller says so in metadata
+            return None
+        text = Path(path).read_text()
+    return set(text.split("\n")) if text else set()
+
+
+def contract_problems_of_version(client: MlflowClient, model_name: str, version) -> list[str]:
+    """What the prediction server would object to in a registered version: its `serving/` bundle
+    (inputs, feature order, dtype, classes, booster features) and its MLflow signature."""
+    with tempfile.TemporaryDirectory(prefix="stellar-contract-") as tmp:
+        try:
+            problems = ModelBundle.load(download_bundle(client, version, tmp)).contract_problems()
+        except ContractMismatch as exc:  # load() refuses a mismatching bundle outright
+            problems = [str(exc)]
+        except FileNotFoundError as exc:
+            problems = [f"serving bundle missing: {exc}"]
+    return problems + signature_problems(client, model_name, version.version)
+
+
+def signature_problems(client: MlflowClient, model_name: str, version: str) -> list[str]:
+    """How the registered MLflow model's signature differs from the 13 float32 features."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="stellar-mlmodel-") as tmp:
+        try:
+            path = download_artifacts(artifact_uri=f"models:/{model_name}/{version}/MLmodel", dst_path=tmp,
+                                      tracking_uri=client.tracking_uri, registry_uri=client._registry_uri)
+        except Exception as exc:  # noqa: BLE001 - reported as a contract problem, with the cause
+            return [f"the registered MLflow model has no readable MLmodel: {exc}"]
+        signature = Model.load(path).signature
+    if signature is None:
+        return ["the registered MLflow model has no signature"]
+    inputs = signature.inputs.to_dict()
+    names = [spec.get("name") for spec in inputs]
+    problems = []
+    if names != list(FEATURE_NAMES):
+        problems.append(f"MLflow signature inputs {names} differ from {list(FEATURE_NAMES)}")
+    dtypes = sorted({spec.get("type") for spec in inputs})
+    if dtypes != ["float"]:
+        problems.append(f"MLflow signature input types {dtypes}, expected float32 ('float') only")
+    return problems
