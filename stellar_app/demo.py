@@ -26,7 +26,7 @@ def run_demo(first_week: str | None = None, last_week: str | None = None,
     from stellar_core.home import default_sdss_csv
 
     settings = settings or AppSettings()
-    csv, why = default_sdss_csv()
+    csv, why = default_sdss_csv(settings.stellar_sdss_csv)
     prepare_home(settings)
 
     import dagster as dg

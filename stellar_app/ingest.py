@@ -67,7 +67,7 @@ def run_ingestion(first_week: str | None = None, last_week: str | None = None, a
     from stellar_core.home import default_sdss_csv
 
     settings = settings or AppSettings()
-    csv, why = default_sdss_csv()
+    csv, why = default_sdss_csv(settings.stellar_sdss_csv)
     prepare_home(settings)
     from stellar_assets.definitions import defs
 

@@ -25,6 +25,8 @@ class AppSettings(BaseSettings):
                                             "in the project home")
     stellar_model_cache_dir: Path | None = Field(None, description="the prediction server's model cache; "
                                                  "default <project home>/model-cache")
+    stellar_sdss_csv: str | None = Field(None, description="the SDSS17 CSV the code location reads (said in "
+                                         "the demo's first lines); default: stellar_core.home.default_sdss_csv")
     stellar_replay_first_week: str | None = Field(None, description="first week `stellar demo` replays")
     stellar_replay_last_week: str | None = Field(None, description="last week `stellar demo` replays")
 

@@ -1,47 +1,14 @@
-"""Where the embedded (one-machine) set-up keeps its state.
+"""Where the repository and its data files are, for the defaults of the embedded set-up.
 
-Everything lives under one project home, `$STELLAR_HOME` (default `.stellar`
-in the working directory): the Dagster instance, the Parquet asset store, the
-MLflow SQLite store and artifacts, the predictions database. A team set-up
-overrides each piece with its own variable (MLFLOW_TRACKING_URI, ...).
-
-Readers only: preparing the home (its dagster.yaml, the environment of the
-processes the app starts) is the application's job (stellar_app.home).
+Pure: nothing here reads the environment. The project home and every other
+setting come from the settings objects (stellar_assets.settings for the code
+location, stellar_app.settings for the CLI); preparing the home is the
+application's job (stellar_app.home).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-
-def project_home() -> Path:
-    return Path(os.environ.get("STELLAR_HOME", ".stellar")).resolve()
-
-
-def dagster_home() -> Path:
-    return Path(os.environ.get("DAGSTER_HOME") or project_home() / "dagster").resolve()
-
-
-def data_dir() -> Path:
-    return project_home() / "data"
-
-
-def mlflow_dir() -> Path:
-    return project_home() / "mlflow"
-
-
-def default_mlflow_tracking_uri() -> str:
-    return f"sqlite:///{mlflow_dir() / 'mlflow.db'}"
-
-
-def mlflow_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_tracking_uri()
-
-
-def mlflow_artifact_root() -> str:
-    return os.environ.get("STELLAR_MLFLOW_ARTIFACT_ROOT") or (mlflow_dir() / "artifacts").as_uri()
-
 
 # The Kaggle download, where the README tells users to put it.
 KAGGLE_CSV_NAMES = ("data/star_classification.csv", "data/star_classification.csv.gz")
@@ -53,9 +20,9 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def default_sdss_csv() -> tuple[str | None, str]:
-    """The SDSS17 CSV the main job reads, and why that one (None: use the simulator)."""
-    configured = os.environ.get("STELLAR_SDSS_CSV")
+def default_sdss_csv(configured: str | None = None) -> tuple[str | None, str]:
+    """The SDSS17 CSV the main job reads, and why that one (None: use the simulator).
+    `configured` is STELLAR_SDSS_CSV as the caller's settings read it."""
     if configured:
         return configured, "STELLAR_SDSS_CSV"
     for name in KAGGLE_CSV_NAMES:
