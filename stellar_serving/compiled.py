@@ -83,7 +83,7 @@ def toolchain_identity(compiler: str) -> tuple[str, ...]:
         import tl2cgen
         import treelite
     except ImportError as exc:
-        raise CompileFailed(f"tl2cgen is not installed ({exc.name or exc})", "unavailable") from None
+        raise CompileFailed(f"tl2cgen is not installed ({exc})", "unavailable") from None
     return (sys.platform, platform.machine(), platform.python_implementation(),
             f"tl2cgen {tl2cgen.__version__}", f"treelite {treelite.__version__}", _compiler_version(compiler))
 
@@ -108,7 +108,7 @@ def compile_library(model_bytes: bytes, path: Path, compiler: str) -> None:
         import tl2cgen
         import treelite
     except ImportError as exc:
-        raise CompileFailed(f"tl2cgen is not installed ({exc.name or exc})", "unavailable") from None
+        raise CompileFailed(f"tl2cgen is not installed ({exc})", "unavailable") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     threads = max(1, os.cpu_count() or 1)
     fd, partial = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
