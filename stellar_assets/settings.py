@@ -71,6 +71,13 @@ class CodeLocationSettings(BaseSettings):
         "STELLAR_GATE_SINGLE_ROW_BUDGET_MS", "promotion gate: p95 single-row latency budget (ms)", 25.0)
     gate_batch_budget_ms: float = _env(
         "STELLAR_GATE_BATCH_BUDGET_MS", "promotion gate: latency budget per 1000-row batch (ms)", 100.0)
+    gate_min_evaluation_rows: int = _env(
+        "STELLAR_GATE_MIN_EVALUATION_ROWS", "promotion gate: the out-of-time evaluation set pools the window's "
+        "most recent weeks until it holds this many rows", 300)
+    gate_alpha: float = _env("STELLAR_GATE_ALPHA", "promotion gate: one-sided significance of the exact McNemar "
+                             "test a challenger must pass to replace the champion", 0.05)
+    gate_margin: float = _env("STELLAR_GATE_MARGIN", "promotion gate: non-inferiority margin (accuracy, 0.01 = "
+                              "1 point) for a retraining requested because the champion degraded", 0.01)
     # monitoring
     predictions_db_url: SecretStr | None = _env(
         "STELLAR_PREDICTIONS_DB_URL", "predictions database (SQLAlchemy URL; postgresql+psycopg2://... in the "

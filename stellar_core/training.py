@@ -7,6 +7,8 @@ run exactly the same code: a champion and a challenger are scored by the same
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import hashlib
 import math
 import time
@@ -68,6 +70,22 @@ def stratified_split(table: pd.DataFrame, test_fraction: float, seed: int) -> pd
             continue
         n_test = min(max(1, int(round(test_fraction * len(rows)))), len(rows) - 1)
         is_test[rng.permutation(rows)[:n_test]] = True
+    ordered[SPLIT_COLUMN] = np.where(is_test, TEST, TRAIN)
+    return ordered
+
+
+def out_of_time_split(table: pd.DataFrame, evaluation_weeks: Sequence[str]) -> pd.DataFrame:
+    """The feature table plus a `split` column: rows of `evaluation_weeks` (the window's most recent
+    weeks) are "test", every earlier row "train". Neither the challenger nor a champion trained
+    before those weeks has seen them, so both are scored out of time on the same rows."""
+    missing = [c for c in ("object_id", "week", LABEL, *FEATURE_NAMES) if c not in table.columns]
+    if missing:
+        raise TrainingInputError(f"feature table lacks columns {missing}")
+    unknown = sorted(set(table[LABEL].unique()) - set(CLASSES))
+    if unknown:
+        raise TrainingInputError(f"unknown class labels {unknown}; expected {list(CLASSES)}")
+    ordered = table.sort_values(["week", "object_id"], kind="mergesort").reset_index(drop=True)
+    is_test = ordered["week"].astype(str).isin(set(evaluation_weeks)).to_numpy()
     ordered[SPLIT_COLUMN] = np.where(is_test, TEST, TRAIN)
     return ordered
 

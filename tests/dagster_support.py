@@ -43,10 +43,12 @@ class ProjectHome:
 
     Each test registers under its own model name (and writes its own predictions database), so tests
     do not see each other's champions while the store (and its one-off schema migration) is shared.
-    `min_comparison_rows` and `challenger` are the gate's floor and the model `train` fits by default.
+    `min_comparison_rows` and `challenger` are the gate's floor and the model `train` fits by default;
+    `min_evaluation_rows` sizes the out-of-time evaluation set to these short windows.
     """
 
-    def __init__(self, root: Path, sample: Path, min_comparison_rows: int, challenger: dict | None = None):
+    def __init__(self, root: Path, sample: Path, min_comparison_rows: int, challenger: dict | None = None,
+                 min_evaluation_rows: int = 120):
         self.root = root
         self.tracking_uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
         self.artifact_root = (root / "mlflow" / "artifacts").as_uri()
@@ -54,6 +56,7 @@ class ProjectHome:
         self.sample = sample
         self.training_assets = build_training_assets(WINDOW_WEEKS)
         self.min_comparison_rows = min_comparison_rows
+        self.min_evaluation_rows = min_evaluation_rows
         self.challenger = challenger
 
     def ingest(self, first: str, last: str) -> None:
@@ -67,7 +70,7 @@ class ProjectHome:
                   server: PredictionServer | None = None, plots: bool = False, **gate) -> dict:
         gate = {"accuracy_floor": 0.3, "recall_floors": {}, "single_row_latency_budget_ms": 1e6,
                 "batch_latency_budget_ms_per_1000_rows": 1e6, "min_comparison_rows": self.min_comparison_rows,
-                **gate}
+                "min_evaluation_rows": self.min_evaluation_rows, **gate}
         return {
             "io_manager": LocalParquetIOManager(base_dir=str(self.data_dir)),
             "source": ObservationSource(kind="sdss_csv", csv_path=str(self.sample)),

@@ -33,7 +33,9 @@ from stellar_assets.training.decision import apply_decision, comparison_check_me
 from stellar_assets.training.gate import compare_with_incumbent
 from stellar_assets.training.resources import ModelRegistry, PromotionGate, TrainingDefaults
 from stellar_core.contract import CLASSES
-from stellar_core.training import TrainingInputError, class_mix, split_parts, split_seed, stratified_split
+from stellar_assets.run_tags import is_degradation_retrain
+from stellar_core.promotion import EvaluationWeeks, PromotionInputError, select_evaluation_weeks
+from stellar_core.training import TrainingInputError, class_mix, out_of_time_split, split_parts
 from stellar_core.weeks import Week
 from stellar_mlflow.runs import dagster_mlflow_run
 
@@ -63,8 +65,7 @@ def window_first_week(week: str, window_weeks: int | None) -> str:
 
 
 class SplitConfig(dg.Config):
-    test_fraction: float = 0.2
-    min_rows: int = 50
+    min_rows: int = 50  # fewest rows in the window worth training on
 
 
 def _mix_table(mix: dict[str, dict[str, int]]) -> str:
@@ -72,6 +73,21 @@ def _mix_table(mix: dict[str, dict[str, int]]) -> str:
     for name, counts in mix.items():
         lines.append(f"| {name} | " + " | ".join(str(counts[c]) for c in CLASSES) + f" | {sum(counts.values())} |")
     return "\n".join(lines)
+
+
+def _evaluation_weeks(features: pd.DataFrame, window_keys: list[str], min_rows: int) -> EvaluationWeeks:
+    """The window's most recent weeks pooled back to `min_rows` rows; the earlier weeks must remain to train on."""
+    counts = features["week"].astype(str).value_counts()
+    try:
+        evaluation = select_evaluation_weeks([(key, int(counts.get(key, 0))) for key in window_keys], min_rows)
+    except PromotionInputError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    if evaluation.rows == len(features):
+        raise dg.Failure(description=(
+            f"the window {window_keys[0]}..{window_keys[-1]} holds {len(features)} rows: all of them are needed for "
+            f"the {min_rows}-row out-of-time evaluation set and none are left to train on; widen the training "
+            "window or lower the promotion gate's min_evaluation_rows"))
+    return evaluation
 
 
 def build_training_assets(window_weeks: int | None = DEFAULT_WINDOW_WEEKS) -> list[dg.AssetsDefinition]:
@@ -91,10 +107,10 @@ def _train_test_split_asset(window_weeks: int | None) -> dg.AssetsDefinition:
         metadata={ROW_COUNT_FIELD: NOT_GUARDED},
         group_name="training",
         kinds={"pandas"},
-        description=f"Features of the trailing window ({window_label}) ending at week W, split stratified by "
-        "class with a seed derived from W: a re-run gives the same split.",
+        description=f"Features of the trailing window ({window_label}) ending at week W, split out of time: the "
+        "most recent weeks, pooled back to the gate's minimum evaluation rows, are the test set; earlier weeks train.",
     )
-    def train_test_split(context: dg.AssetExecutionContext, config: SplitConfig,
+    def train_test_split(context: dg.AssetExecutionContext, config: SplitConfig, promotion_gate: PromotionGate,
                          observation_features: pd.DataFrame) -> dg.Output:
         week = context.partition_key
         window_keys = context.asset_partition_keys_for_input("observation_features")
@@ -104,13 +120,12 @@ def _train_test_split_asset(window_weeks: int | None) -> dg.AssetsDefinition:
                 f"fewer than min_rows={config.min_rows}: materialize observation_features for these weeks "
                 "or train at a later week",
             )
-        seed = split_seed(week)
+        evaluation = _evaluation_weeks(observation_features, window_keys, promotion_gate.min_evaluation_rows)
         try:
-            table = stratified_split(observation_features, config.test_fraction, seed)
+            table = out_of_time_split(observation_features, evaluation.weeks)
         except TrainingInputError as exc:
             raise dg.Failure(description=f"cannot split week {week}: {exc}") from exc
         train, test = split_parts(table)
-        weeks_with_data = sorted(table["week"].unique())
         mix = {"train": class_mix(train), "test": class_mix(test)}
         return dg.Output(table, metadata={
             "rows_train": len(train),
@@ -120,9 +135,10 @@ def _train_test_split_asset(window_weeks: int | None) -> dg.AssetsDefinition:
             "window_first_week": window_keys[0],
             "window_last_week": window_keys[-1],
             "window_weeks": len(window_keys),
-            "weeks_with_data": len(weeks_with_data),
-            "split_seed": seed,
-            "test_fraction": config.test_fraction,
+            "weeks_with_data": int(table["week"].nunique()),
+            "evaluation_first_week": evaluation.weeks[0],
+            "evaluation_weeks": len(evaluation.weeks),
+            "evaluation_reason": evaluation.reason,
         })
 
     return train_test_split
@@ -143,7 +159,9 @@ def _challenger_asset(window_weeks: int | None) -> dg.AssetsDefinition:
             dg.AssetCheckSpec("latency_budget", asset="challenger_model", blocking=True,
                               description="single-row p95 and batch inference latency within budget"),
             dg.AssetCheckSpec("beats_champion", asset="challenger_model", blocking=False,
-                              description="beats or ties the champion on the same test rows (losing is normal: champion stays)"),
+                              description="better than the champion on the same out-of-time rows by an exact one-sided McNemar "
+                              "test (after a degradation: ahead and non-inferior within the margin); a tie or a "
+                              "loss keeps the champion, a normal outcome"),
         ],
         description="XGBoost (hist) trained on the split's training rows, evaluated on its test rows, "
         "logged to MLflow and registered as a new version.",
@@ -174,10 +192,10 @@ def _challenger_asset(window_weeks: int | None) -> dg.AssetsDefinition:
                                                              params, sources, trained, len(train)))
         yield from blocking_check_results(gate, problems, trained, version)
         outcome = compare_with_incumbent(model_registry.client(), model_registry.model_name, version, test, week,
-                                         gate.comparison_metric, gate.tie_tolerance, gate.min_comparison_rows)
+                                         gate, is_degradation_retrain(context.run.tags))
         yield dg.AssetCheckResult(
-            check_name="beats_champion", passed=outcome.comparison.challenger_wins,
-            severity=dg.AssetCheckSeverity.WARN, description=outcome.comparison.reason,
+            check_name="beats_champion", passed=outcome.promote,
+            severity=dg.AssetCheckSeverity.WARN, description=outcome.reason,
             metadata=comparison_check_metadata(outcome),
         )
 
@@ -192,7 +210,7 @@ def _champion_asset() -> dg.AssetsDefinition:
         group_name="training",
         kinds={"mlflow"},
         description="The promotion decision at W: the challenger becomes champion (MLflow alias) only if it "
-        "passed every blocking check and beats or ties the champion on the same test rows.",
+        "passed every blocking check and the paired test on the out-of-time evaluation rows (beats_champion).",
     )
     def champion_model(context: dg.AssetExecutionContext, challenger_model: dict, train_test_split: pd.DataFrame,
                        model_registry: ModelRegistry, promotion_gate: PromotionGate) -> dg.Output:
@@ -206,8 +224,8 @@ def _champion_asset() -> dg.AssetsDefinition:
         client = model_registry.client()
         challenger = client.get_model_version(model_registry.model_name, record["version"])
         _, test = split_parts(train_test_split)
-        outcome = compare_with_incumbent(client, model_registry.model_name, challenger, test, week,
-                                         gate.comparison_metric, gate.tie_tolerance, gate.min_comparison_rows)
+        outcome = compare_with_incumbent(client, model_registry.model_name, challenger, test, week, gate,
+                                         is_degradation_retrain(context.run.tags))
         decided = apply_decision(client, model_registry.model_name, challenger, outcome, week)
         context.log.info(decided.summary)
         return decision_output(model_registry, client, challenger, record, outcome, decided, week)

@@ -24,11 +24,10 @@ class Decision:
 def apply_decision(client, name: str, challenger, outcome: IncumbentComparison, week: str) -> Decision:
     """Promote (mark at W, move the alias unless it holds a later model) or retain; tag the version and run."""
     previous_alias = get_alias_version(client, name)
-    comparison = outcome.comparison
-    if comparison.challenger_wins:
+    if outcome.promote:
         mark_promoted(client, name, challenger.version, week)
         later = (previous_alias.tags or {}).get(TAG_WINDOW_LAST, "") if previous_alias is not None else ""
-        summary = f"promoted v{challenger.version}: {comparison.reason}"
+        summary = f"promoted v{challenger.version}: {outcome.reason}"
         if later > week:
             # A backfill over history: record the promotion at W, but never move production back in time.
             summary += f"; alias stays at v{previous_alias.version} (trained through {later}, later than {week})"
@@ -37,8 +36,7 @@ def apply_decision(client, name: str, challenger, outcome: IncumbentComparison, 
         decision, champion = "promoted", str(challenger.version)
     else:
         champion = str(outcome.incumbent.version) if outcome.incumbent else None
-        lost_by = f" by {-comparison.delta:.4f} {comparison.metric}" if comparison.delta is not None else ""
-        summary = f"retained v{champion}, challenger v{challenger.version} lost{lost_by}: {comparison.reason}"
+        summary = f"retained v{champion}, challenger v{challenger.version} not promoted: {outcome.reason}"
         decision = "retained"
     client.set_model_version_tag(name, challenger.version, TAG_DECISION, f"{decision} at {week}")
     client.set_tag(challenger.run_id, TAG_DECISION, decision)
@@ -61,7 +59,7 @@ def decision_output(registry: ModelRegistry, client, challenger, record: dict, o
         "previous_alias_version": dg.MetadataValue.text(
             str(decided.previous_alias.version) if decided.previous_alias else "None"),
         "comparison": dg.MetadataValue.json(jsonable(outcome.metadata())),
-        "metric_deltas": dg.MetadataValue.json(jsonable(outcome.comparison.deltas)),
+        "metric_deltas": dg.MetadataValue.json(jsonable(outcome.deltas)),
         "challenger_run": dg.MetadataValue.url(registry.run_url(record["experiment_id"], record["run_id"])),
         "challenger_accuracy": record["evaluation"]["accuracy"],
         "challenger_qso_recall": record["evaluation"]["recall"]["QSO"],
@@ -70,8 +68,8 @@ def decision_output(registry: ModelRegistry, client, challenger, record: dict, o
         champion = client.get_model_version(name, decided.champion_version)
         metadata["champion_run"] = dg.MetadataValue.url(
             registry.run_url(client.get_run(champion.run_id).info.experiment_id, champion.run_id))
-    if outcome.comparison.delta is not None:
-        metadata["delta"] = outcome.comparison.delta
+    if outcome.decision is not None:
+        metadata.update(paired_test_metadata(outcome.decision))
     return dg.Output({
         "decision": decided.decision, "week": week, "champion_version": decided.champion_version,
         "alias_version": str(alias_now.version) if alias_now else None,
@@ -81,19 +79,38 @@ def decision_output(registry: ModelRegistry, client, challenger, record: dict, o
     }, metadata=metadata)
 
 
+def paired_test_metadata(decision) -> dict:
+    """The paired table, the test and the rule, as a person reads them in the UI."""
+    table = ("| | challenger right | challenger wrong |\n|---|---|---|\n"
+             f"| champion right | {decision.both_right} | {decision.champion_only} |\n"
+             f"| champion wrong | {decision.challenger_only} | {decision.both_wrong} |")
+    low, high = decision.interval
+    return {
+        "paired_table": dg.MetadataValue.md(table),
+        "rule": decision.rule,
+        "mcnemar_p_value": round(decision.p_value, 4),
+        "alpha": decision.alpha,
+        "accuracy_difference_points": round(decision.difference * 100, 2),
+        f"interval_{round(decision.confidence * 100)}_points": f"[{low * 100:+.2f}, {high * 100:+.2f}]",
+        "margin_points": round(decision.margin * 100, 2),
+        "degradation_retrain": decision.degradation_retrain,
+        "delta": round(decision.difference, 6),
+    }
+
+
 def comparison_check_metadata(outcome: IncumbentComparison) -> dict:
-    c = outcome.comparison
     metadata = {
-        "metric": c.metric,
-        "challenger_score": c.challenger_score,
+        "decision": "promote" if outcome.promote else "keep champion",
         "champion_version": dg.MetadataValue.text(str(outcome.incumbent.version) if outcome.incumbent else "None"),
         "rows_compared": outcome.rows_compared,
         "rows_excluded_seen_by_champion": outcome.rows_excluded_seen_by_champion,
-        "deltas": dg.MetadataValue.json(jsonable(c.deltas)),
+        "deltas": dg.MetadataValue.json(jsonable(outcome.deltas)),
     }
-    if c.champion_score is not None:
-        metadata["champion_score"] = c.champion_score
-        metadata["delta"] = c.delta
+    if outcome.challenger_accuracy is not None:
+        metadata["challenger_accuracy"] = round(outcome.challenger_accuracy, 4)
+    if outcome.decision is not None:
+        metadata["champion_accuracy"] = round(outcome.decision.champion_accuracy, 4)
+        metadata.update(paired_test_metadata(outcome.decision))
     if outcome.note:
         metadata["note"] = outcome.note
     return metadata

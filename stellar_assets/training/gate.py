@@ -6,91 +6,110 @@ at or before W. In normal forward operation that is the current `champion`
 alias; in a backfill over history it is the champion of that time, never a
 model trained on later weeks.
 
-Which rows: W's test rows that the incumbent did not train on (its run records
-its training object ids). The challenger never saw any of W's test rows; an
-incumbent trained on an overlapping window saw some of them, and scoring it
-there would flatter it.
+Which rows: the split's out-of-time evaluation rows (the window's most recent
+weeks, which the challenger did not train on) that the incumbent did not train
+on either (its run records its training object ids).
+
+Which rule: a paired test on those rows (stellar_core.promotion): the
+challenger replaces the champion when it is better by an exact one-sided
+McNemar test; after the champion degraded, also when it is ahead and
+non-inferior within the margin. A tie never promotes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
+from stellar_assets.training.resources import PromotionGate
 from stellar_core.features import LABEL, feature_matrix, label_indices
-from stellar_core.model_bundle import ContractMismatch
-from stellar_mlflow.registry import champion_as_of, load_bundle
-from stellar_core.training import Comparison, Evaluation, compare, evaluate
+from stellar_core.model_bundle import ContractMismatch, ModelBundle
+from stellar_core.promotion import PromotionDecision, decide_promotion
+from stellar_core.training import evaluate
 from stellar_core.weeks import Week
-from stellar_mlflow.registry import training_ids
-
-
-def next_week(week: str) -> str:
-    return Week.of(week).next.key
+from stellar_mlflow.registry import champion_as_of, load_bundle, training_ids
 
 
 @dataclass
 class IncumbentComparison:
     incumbent: ModelVersion | None
-    comparison: Comparison
+    promote: bool
+    reason: str
     rows_compared: int
     rows_excluded_seen_by_champion: int
+    decision: PromotionDecision | None = None  # None: no champion to test against, or too few rows
+    challenger_accuracy: float | None = None
+    deltas: dict[str, float] = field(default_factory=dict)  # other metrics, challenger minus champion
     note: str = ""
 
     def metadata(self) -> dict:
-        c = self.comparison
         return {
             "champion_version": self.incumbent.version if self.incumbent else None,
-            "metric": c.metric,
-            "challenger_score": c.challenger_score,
-            "champion_score": c.champion_score,
-            "delta": c.delta,
-            "deltas": c.deltas,
+            "promote": self.promote,
+            "reason": self.reason,
             "rows_compared": self.rows_compared,
             "rows_excluded_seen_by_champion": self.rows_excluded_seen_by_champion,
-            "reason": c.reason,
+            "challenger_accuracy": self.challenger_accuracy,
+            "paired_test": self.decision.metadata() if self.decision else None,
+            "deltas": self.deltas,
             "note": self.note,
         }
 
 
-def _scored(bundle, rows: pd.DataFrame) -> Evaluation:
-    return evaluate(bundle.predict_proba_features(feature_matrix(rows)), label_indices(rows[LABEL]))
+def _correct(bundle: ModelBundle, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row correctness and the probabilities, scored by the code the server runs."""
+    probabilities = bundle.predict_proba_features(feature_matrix(rows))
+    return probabilities.argmax(axis=1) == label_indices(rows[LABEL]), probabilities
+
+
+def _without_champion(challenger: ModelBundle, rows: pd.DataFrame, why: str) -> IncumbentComparison:
+    correct, _ = _correct(challenger, rows)
+    accuracy = float(correct.mean()) if len(rows) else None
+    shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
+    return IncumbentComparison(None, True, f"{why}: challenger (accuracy {shown} on {len(rows)} evaluation rows) "
+                               "becomes champion", len(rows), 0, challenger_accuracy=accuracy, note=why)
+
+
+def _unseen_rows(client: MlflowClient, incumbent: ModelVersion, test: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    seen = training_ids(client, incumbent.run_id)
+    if seen is None:
+        return test, f"champion v{incumbent.version} did not record its training rows; compared on every row"
+    return test[~test["object_id"].astype(str).isin(seen)].reset_index(drop=True), ""
 
 
 def compare_with_incumbent(client: MlflowClient, model_name: str, challenger: ModelVersion, test: pd.DataFrame,
-                           partition_key: str, metric: str, tolerance: float, min_rows: int) -> IncumbentComparison:
-    """Score challenger and incumbent with the same code on the same unseen rows, then compare."""
+                           partition_key: str, gate: PromotionGate,
+                           degradation_retrain: bool = False) -> IncumbentComparison:
+    """Score challenger and incumbent with the same code on the same unseen rows, then decide."""
     challenger_bundle = load_bundle(client, challenger)  # the artifacts the server would load
-    incumbent = champion_as_of(client, model_name, next_week(partition_key))
+    incumbent = champion_as_of(client, model_name, Week.of(partition_key).next.key)
     if incumbent is not None and incumbent.version == challenger.version:
         incumbent = None
     if incumbent is None:
-        return IncumbentComparison(None, compare(_scored(challenger_bundle, test), None, metric, tolerance),
-                                   len(test), 0, "no champion as of this week")
+        return _without_champion(challenger_bundle, test, "no champion as of this week")
     try:
         incumbent_bundle = load_bundle(client, incumbent)
     except ContractMismatch as exc:
         # A champion the server can no longer load is no benchmark: the challenger may replace it.
-        return IncumbentComparison(None, compare(_scored(challenger_bundle, test), None, metric, tolerance),
-                                   len(test), 0, f"champion v{incumbent.version} breaks the serving contract: {exc}")
-    seen = training_ids(client, incumbent.run_id)
-    note = ""
-    if seen is None:
-        rows = test
-        note = f"champion v{incumbent.version} did not record its training rows; compared on the whole test set"
-    else:
-        rows = test[~test["object_id"].astype(str).isin(seen)].reset_index(drop=True)
+        return _without_champion(challenger_bundle, test,
+                                 f"champion v{incumbent.version} breaks the serving contract: {exc}")
+    rows, note = _unseen_rows(client, incumbent, test)
     excluded = len(test) - len(rows)
-    if len(rows) < min_rows:
-        score = _scored(challenger_bundle, rows).score(metric) if len(rows) else float("nan")
-        comparison = Comparison(
-            metric, False, score, None, None, rows=len(rows),
-            reason=(f"only {len(rows)} test rows unseen by champion v{incumbent.version} "
-                    f"(minimum {min_rows}): no evidence the challenger is better; champion stays"),
-        )
-        return IncumbentComparison(incumbent, comparison, len(rows), excluded, note)
-    comparison = compare(_scored(challenger_bundle, rows), _scored(incumbent_bundle, rows), metric, tolerance)
-    return IncumbentComparison(incumbent, comparison, len(rows), excluded, note)
+    if len(rows) < gate.min_comparison_rows:
+        reason = (f"only {len(rows)} evaluation rows unseen by champion v{incumbent.version} "
+                  f"(minimum {gate.min_comparison_rows}): no evidence the challenger is better; champion stays")
+        return IncumbentComparison(incumbent, False, reason, len(rows), excluded, note=note)
+    challenger_correct, challenger_proba = _correct(challenger_bundle, rows)
+    champion_correct, champion_proba = _correct(incumbent_bundle, rows)
+    decision = decide_promotion(champion_correct, challenger_correct, degradation_retrain=degradation_retrain,
+                                alpha=gate.alpha, margin=gate.non_inferiority_margin)
+    labels = label_indices(rows[LABEL])
+    ours, theirs = evaluate(challenger_proba, labels).metrics(), evaluate(champion_proba, labels).metrics()
+    deltas = {name: ours[name] - theirs[name] for name in ours
+              if name in theirs and name != "test_rows" and not np.isnan(theirs[name])}
+    return IncumbentComparison(incumbent, decision.promote, decision.summary, len(rows), excluded, decision,
+                               decision.challenger_accuracy, deltas, note)

@@ -20,7 +20,6 @@ from pydantic import Field
 from stellar_core.contract import CLASSES
 from stellar_assets.settings import CodeLocationSettings
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME
-from stellar_core.training import COMPARISON_METRICS
 from stellar_mlflow.runs import ensure_experiment, ensure_store
 
 DEFAULT_EXPERIMENT = "stellar-training"
@@ -94,7 +93,8 @@ class ModelRegistry(dg.ConfigurableResource):
 
 class PromotionGate(dg.ConfigurableResource):
     """What a challenger must reach to become champion. Floors, contract and latency are hard
-    (a miss is an error); losing to the champion is a normal outcome."""
+    (a miss is an error); the comparison with the champion is a paired test on the out-of-time
+    evaluation set, and losing it is a normal outcome."""
 
     # Floors catch a broken model (wrong features, collapsed classes), not a slightly weaker one:
     # a two-year window of the sample (~1,000 spectra) gives ~0.965 accuracy, and losing to the
@@ -107,10 +107,16 @@ class PromotionGate(dg.ConfigurableResource):
     single_row_latency_budget_ms: float = Field(default=_DEFAULTS["gate_single_row_budget_ms"].default,
                                                 description="p95 of one-row predictions")
     batch_latency_budget_ms_per_1000_rows: float = Field(default=_DEFAULTS["gate_batch_budget_ms"].default)
-    comparison_metric: str = Field(default="accuracy", description=f"one of {COMPARISON_METRICS}")
-    tie_tolerance: float = Field(default=0.0, description="a challenger this far below the champion still ties")
+    min_evaluation_rows: int = Field(
+        default=_DEFAULTS["gate_min_evaluation_rows"].default,
+        description="the evaluation set pools the window's most recent weeks until it holds this many rows")
+    alpha: float = Field(default=_DEFAULTS["gate_alpha"].default,
+                         description="one-sided significance of the exact McNemar test")
+    non_inferiority_margin: float = Field(
+        default=_DEFAULTS["gate_margin"].default,
+        description="accuracy margin a challenger may trail by after the champion degraded")
     min_comparison_rows: int = Field(
-        default=30, description="fewest test rows neither model trained on for a meaningful comparison"
+        default=30, description="fewest evaluation rows unseen by the champion for a meaningful comparison"
     )
 
     def validated(self) -> "PromotionGate":
@@ -122,10 +128,11 @@ class PromotionGate(dg.ConfigurableResource):
             problems.append(f"recall_floors names unknown classes {unknown}; classes are {list(CLASSES)}")
         if any(not 0 <= v <= 1 for v in self.recall_floors.values()):
             problems.append(f"recall floors must be in [0, 1], got {self.recall_floors}")
-        if self.comparison_metric not in COMPARISON_METRICS:
-            problems.append(f"comparison_metric must be one of {COMPARISON_METRICS}, got {self.comparison_metric!r}")
-        if self.tie_tolerance < 0 or self.min_comparison_rows < 1:
-            problems.append("tie_tolerance must be >= 0 and min_comparison_rows >= 1")
+        if not 0 < self.alpha < 1 or not 0 <= self.non_inferiority_margin < 1:
+            problems.append(f"alpha must be in (0, 1) and non_inferiority_margin in [0, 1), got {self.alpha} "
+                            f"and {self.non_inferiority_margin}")
+        if self.min_comparison_rows < 1 or self.min_evaluation_rows < 1:
+            problems.append("min_comparison_rows and min_evaluation_rows must be >= 1")
         if self.single_row_latency_budget_ms <= 0 or self.batch_latency_budget_ms_per_1000_rows <= 0:
             problems.append("latency budgets must be > 0")
         if problems:
@@ -150,6 +157,9 @@ def training_resources(settings: CodeLocationSettings) -> dict:
             accuracy_floor=settings.gate_accuracy_floor,
             single_row_latency_budget_ms=settings.gate_single_row_budget_ms,
             batch_latency_budget_ms_per_1000_rows=settings.gate_batch_budget_ms,
+            min_evaluation_rows=settings.gate_min_evaluation_rows,
+            alpha=settings.gate_alpha,
+            non_inferiority_margin=settings.gate_margin,
         ),
         "training_defaults": TrainingDefaults(selection_defaults_path=str(settings.model_defaults_path)),
     }

@@ -41,7 +41,8 @@ IN_PROCESS = {"execution": {"config": {"in_process": {}}}}  # one process per ru
 TRAIN_CONFIG = {
     **IN_PROCESS,
     "ops": {"challenger_model": {"config": {"n_estimators": 40, "max_depth": 4, "latency_single_row_repeats": 20}}},
-    "resources": {"promotion_gate": {"config": {"recall_floors": {}, "min_comparison_rows": 20}}},
+    "resources": {"promotion_gate": {"config": {"recall_floors": {}, "min_comparison_rows": 20,
+                                                  "min_evaluation_rows": 120}}},
 }
 RETRAINING_TAG = {"stellar/retraining": "true"}  # limited to 1 run at a time by dagster.yaml
 

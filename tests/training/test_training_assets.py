@@ -31,8 +31,9 @@ def test_better_challenger_is_promoted_and_alias_matches_metadata(store, model_n
     assert champion["champion_version"] == challenger["model_version"] == champion["challenger_version"]
     assert champion["previous_champion_version"] == metadata_of(first, "challenger_model")["model_version"]
     assert champion["delta"] > 0 and champion["comparison"]["rows_compared"] >= 20
-    # The comparison leaves out test rows the old champion trained on.
-    assert champion["comparison"]["rows_excluded_seen_by_champion"] > 0
+    assert champion["mcnemar_p_value"] < 0.05 and champion["rule"] == "superiority"
+    # Out of time: the evaluation weeks came after every row the old champion trained on.
+    assert champion["comparison"]["rows_excluded_seen_by_champion"] == 0
 
     alias = get_alias_version(_client(store), model_name)
     assert str(alias.version) == champion["alias_version"] == champion["champion_version"]
@@ -53,8 +54,8 @@ def test_worse_challenger_leaves_champion_and_run_succeeds(store, model_name):
     verdict = check_of(result, "beats_champion")
     assert not verdict.passed and verdict.severity == dg.AssetCheckSeverity.WARN
     numbers = {k: v.value for k, v in verdict.metadata.items()}
-    assert numbers["delta"] < 0 and numbers["champion_score"] > numbers["challenger_score"]
-    assert "loses to" in verdict.description
+    assert numbers["delta"] < 0 and numbers["champion_accuracy"] > numbers["challenger_accuracy"]
+    assert verdict.description.startswith("keep champion") and "McNemar" in verdict.description
 
     champion = metadata_of(result, "champion_model")
     assert champion["decision"] == "retained"
@@ -97,7 +98,8 @@ def test_same_partition_twice_gives_same_split_and_metrics(store, model_name):
     second = store.train(model_name, EARLY_WEEK, STRONG)
     assert first.success and second.success
     split_a, split_b = metadata_of(first, "train_test_split"), metadata_of(second, "train_test_split")
-    assert split_a["class_mix_json"] == split_b["class_mix_json"] and split_a["split_seed"] == split_b["split_seed"]
+    assert split_a["class_mix_json"] == split_b["class_mix_json"]
+    assert split_a["evaluation_first_week"] == split_b["evaluation_first_week"]
     client = _client(store)
     runs = [client.get_run(metadata_of(r, "challenger_model")["mlflow_run_id"]) for r in (first, second)]
     assert runs[0].info.run_id != runs[1].info.run_id  # one MLflow run per Dagster run
@@ -106,8 +108,13 @@ def test_same_partition_twice_gives_same_split_and_metrics(store, model_name):
     quality = [{k: v for k, v in run.data.metrics.items() if not k.startswith(("latency_", "train_seconds"))}
                for run in runs]
     assert quality[0] == quality[1] and "accuracy" in quality[0]
-    # Ties the previous champion of the same week: promoted again, the run says so.
-    assert metadata_of(second, "champion_model")["decision"] == "promoted"
+    # The same model again ties the champion on every row: a tie never promotes.
+    decision = metadata_of(second, "champion_model")
+    assert decision["decision"] == "retained"
+    verdict = check_of(second, "beats_champion")
+    numbers = {k: v.value for k, v in verdict.metadata.items()}
+    assert not verdict.passed and numbers["mcnemar_p_value"] == 1.0 and numbers["delta"] == 0
+    assert "keep champion" in verdict.description
 
 
 def test_champion_as_of_never_returns_a_model_that_saw_the_week(store, model_name):
