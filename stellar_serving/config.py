@@ -116,6 +116,15 @@ class ServingConfig:
             for f in fields(cls)
         }
 
+    def set_mlflow_http_defaults(self) -> None:
+        """MLflow's HTTP timeout and retries from these settings, unless the environment sets them.
+
+        MLflow reads these per request; without them an unreachable server costs
+        minutes of retries with backoff before the server may fall back to the cache."""
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, self.registry_timeout_seconds))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(self.registry_max_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # an int for MLflow 3
+
     @property
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert or self.tls_key)

@@ -160,11 +160,7 @@ class ModelStore:
         self._listeners: list[Callable[[LoadedModel], None]] = []
         self._client = None
         self.cache_root = Path(config.cache_dir).expanduser().resolve() / config.model_name
-        # MLflow reads these per request; without them an unreachable server costs
-        # minutes of retries with backoff before we may fall back to the cache.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, config.registry_timeout_seconds))))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(config.registry_max_retries))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # an int for MLflow 3
+        config.set_mlflow_http_defaults()
 
     # -- what requests use -------------------------------------------------
     @property
