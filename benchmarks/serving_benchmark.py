@@ -338,25 +338,30 @@ def section5_targets(by: dict, floor_batch: dict, prefix: str = "") -> list[dict
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    parser.add_argument("--rounds", type=int, help="interleaved measurement rounds (5; --quick 3)")
     parser.add_argument("--model-rounds", type=int, default=400, help="boosting rounds of the champion")
-    parser.add_argument("--single-calls", type=int, default=300, help="one-object calls per path and round")
-    parser.add_argument("--mlflow-single-calls", type=int, default=60, help="the same for the slow REST server")
-    parser.add_argument("--batches", type=int, default=4, help=f"{BATCH}-object calls per path and round")
-    parser.add_argument("--pinned-cpus", default=str((os.cpu_count() or 1) - 1),
-                        help="CPUs for the second, pinned server, e.g. 1 or 2,3 ('none': no pinned server)")
+    parser.add_argument("--single-calls", type=int, help="one-object calls per path and round (300; --quick 100)")
+    parser.add_argument("--mlflow-single-calls", type=int,
+                        help="the same for the slow REST server (60; --quick 20)")
+    parser.add_argument("--batches", type=int, help=f"{BATCH}-object calls per path and round (4; --quick 2)")
+    parser.add_argument("--pinned-cpus",
+                        help="CPUs for the second, pinned server, e.g. 1 or 2,3 ('none': no pinned server; "
+                             "default: the last CPU, --quick: none)")
     parser.add_argument("--mlserver-venv", default=str(REPO / ".tools" / "mlserver-venv"),
                         help="virtualenv for MLServer (made and filled by this script when it lacks the versions)")
     parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out")
     parser.add_argument("--compile-wait", type=float, default=120,
                         help="seconds to wait for the server to finish compiling its trees before measuring")
     parser.add_argument("--quick", action="store_true",
-                        help="smaller rounds (3 rounds, 100 single calls, 2 batches) and no pinned server")
+                        help="smaller defaults: 3 rounds, 100 single calls, 2 batches, no pinned server")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "serving.json"))
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.single_calls, args.mlflow_single_calls, args.batches = 3, 100, 20, 2
-        args.pinned_cpus = "none"
+    quick = args.quick
+    args.rounds = args.rounds or (3 if quick else 5)
+    args.single_calls = args.single_calls or (100 if quick else 300)
+    args.mlflow_single_calls = args.mlflow_single_calls or (20 if quick else 60)
+    args.batches = args.batches or (2 if quick else 4)
+    args.pinned_cpus = args.pinned_cpus or ("none" if quick else str((os.cpu_count() or 1) - 1))
     return args
 
 

@@ -15,6 +15,7 @@ and probabilities out), on the same model:
                 gRPC server exists, each a threaded server on the same port with
                 SO_REUSEPORT, as grpc's examples/python/multiprocessing does; the
                 kernel spreads connections over them
+  multiprocess-aio  the same, each process a grpc.aio server
 
 The prototypes do only the call's work (decode, features, predict, encode):
 none of the real server's interceptors, validation, metrics or micro-batching,
@@ -55,14 +56,13 @@ REPO = Path(__file__).resolve().parents[1]
 # The working tree's packages, also those an older editable install of the project does not list yet.
 sys.path.insert(0, str(REPO))
 SAMPLE = REPO.parent / "shared" / "data" / "sdss17_sample.csv.gz"
-DESIGNS = ("threaded", "aio", "multiprocess")
+DESIGNS = ("threaded", "aio", "multiprocess", "multiprocess-aio")
 CONCURRENCIES = (1, 16)
 THREADS = 16  # today's STELLAR_MAX_WORKERS
 SERVICE = "stellar.v1.ClassifierService"
 LIBRARY = "model.so"
 BOOSTER = "model.ubj"
 PROBE_TOLERANCE = 1e-5  # as stellar_serving.compiled checks a compiled predictor against XGBoost
-MODEL_VERSION = "bench"
 
 
 # -- the model and its predictor ------------------------------------------------------------
@@ -137,13 +137,15 @@ def classify_handler(predict):
     from stellar_core.features import derive_feature_matrix
 
     labels = [pb.ObjectClass.Value(f"OBJECT_CLASS_{name}") for name in CLASSES]
+    # The answering process, so the client sees how a multi-process server spread its calls.
+    answered_by = str(os.getpid())
 
     def classify(request, context=None):
         obj = request.object
         row = np.array([[getattr(obj, name) for name in MODEL_INPUTS]], dtype=np.float32)
         proba = predict(derive_feature_matrix(row))[0].tolist()
         best = max(range(len(proba)), key=proba.__getitem__)
-        result = pb.Classification(client_id=obj.client_id, predicted_class=labels[best], model_version=MODEL_VERSION)
+        result = pb.Classification(client_id=obj.client_id, predicted_class=labels[best], model_version=answered_by)
         for name, p in zip(CLASSES, proba):
             result.probabilities[name] = p
         return pb.ClassifyResponse(result=result)
@@ -174,7 +176,7 @@ def serve_threaded(port: int, folder: Path, kind: str, reuse_port: bool = False,
     server.wait_for_termination()
 
 
-def serve_aio(port: int, folder: Path, kind: str) -> None:
+def serve_aio(port: int, folder: Path, kind: str, reuse_port: bool = False, ready=None) -> None:
     import grpc
 
     classify = classify_handler(load_predictor(folder, kind))
@@ -184,25 +186,26 @@ def serve_aio(port: int, folder: Path, kind: str) -> None:
         return classify(request)
 
     async def run() -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
         server.add_generic_rpc_handlers((rpc_handlers(classify_async),))
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
-        announce()
+        (ready or announce)()
         await server.wait_for_termination()
 
     asyncio.run(run())
 
 
-def serve_processes(port: int, folder: Path, kind: str, processes: int) -> None:
-    """`processes` threaded servers sharing `port`, forked before any gRPC server exists in this process."""
+def serve_processes(port: int, folder: Path, kind: str, processes: int, server=serve_threaded) -> None:
+    """`processes` servers (`server`: serve_threaded or serve_aio) sharing `port`, forked before any gRPC
+    server exists in this process."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
         # Bound (not listening) with SO_REUSEPORT: holds the port for the workers while they start.
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind(("127.0.0.1", port))
         fork = multiprocessing.get_context("fork")
         ready = fork.Queue()
-        workers = [fork.Process(target=serve_threaded, args=(port, folder, kind, True, lambda: ready.put(os.getpid())),
+        workers = [fork.Process(target=server, args=(port, folder, kind, True, lambda: ready.put(os.getpid())),
                                 daemon=True) for _ in range(processes)]
         for worker in workers:
             worker.start()
@@ -225,7 +228,8 @@ def serve(args: argparse.Namespace) -> int:
     elif args.serve == "aio":
         serve_aio(args.port, folder, args.predictor)
     else:
-        serve_processes(args.port, folder, args.predictor, args.processes)
+        serve_processes(args.port, folder, args.predictor, args.processes,
+                        serve_aio if args.serve == "multiprocess-aio" else serve_threaded)
     return 0
 
 
@@ -251,19 +255,21 @@ def run_sequential(stub, requests: list) -> tuple[list[float], float]:
     return latencies, time.perf_counter() - start
 
 
-async def run_concurrent(stubs: list, requests: list) -> tuple[list[float], float]:
-    """One task per stub (each its own channel), requests dealt round-robin."""
+async def run_concurrent(stubs: list, requests: list) -> tuple[list[float], float, set[str]]:
+    """One task per stub (each its own channel), requests dealt round-robin; also the answering processes."""
     latencies: list[float] = []
+    processes: set[str] = set()
 
     async def work(stub, share: list) -> None:
         for request in share:
             t0 = time.perf_counter()
-            await stub.Classify(request, timeout=10)
+            response = await stub.Classify(request, timeout=10)
             latencies.append(time.perf_counter() - t0)
+            processes.add(response.result.model_version)
 
     start = time.perf_counter()
     await asyncio.gather(*(work(stub, requests[k::len(stubs)]) for k, stub in enumerate(stubs)))
-    return latencies, time.perf_counter() - start
+    return latencies, time.perf_counter() - start, processes
 
 
 class Measured:
@@ -273,16 +279,19 @@ class Measured:
         self.design, self.concurrency = design, concurrency
         self.latencies: list[float] = []
         self.rates: list[float] = []
+        self.processes: set[str] = set()
 
-    def record(self, latencies: list[float], wall: float) -> None:
+    def record(self, latencies: list[float], wall: float, processes: set[str] = frozenset()) -> None:
         self.latencies.extend(latencies)
         self.rates.append(len(latencies) / wall)
+        self.processes |= processes
 
     def summary(self) -> dict:
         ms = np.array(self.latencies) * 1000
         return {"design": self.design, "concurrency": self.concurrency, "calls": len(self.latencies),
                 "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-                "calls_per_s": float(np.median(self.rates)), "calls_per_s_per_round": [round(r, 1) for r in self.rates]}
+                "calls_per_s": float(np.median(self.rates)), "calls_per_s_per_round": [round(r, 1) for r in self.rates],
+                "answering_processes": len(self.processes)}
 
 
 def start_server(design: str, folder: Path, kind: str, processes: int, log: Path) -> tuple[subprocess.Popen, int]:
@@ -376,8 +385,10 @@ async def measure_rounds(args, ports: dict, sync_stubs: dict, requests: list, n:
     for design in DESIGNS:  # warm-up: connections opened, first calls made
         for concurrency in CONCURRENCIES:
             await one(design, concurrency, args.rounds)
+    args.loads = []
     for r in range(args.rounds):
-        print(f"round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})", flush=True)
+        args.loads.append(os.getloadavg()[0])
+        print(f"round {r + 1}/{args.rounds} (load average {args.loads[-1]:.1f})", flush=True)
         # Alternate the order so no design always follows the same one.
         for design in DESIGNS if r % 2 == 0 else tuple(reversed(DESIGNS)):
             for concurrency in CONCURRENCIES:
@@ -392,41 +403,52 @@ def report(args, results: list[dict], how: str, kind: str) -> None:
     by = {(r["design"], r["concurrency"]): r for r in results}
     print(f"\n{args.model_rounds}-round model, predictor: {kind} ({how}); {os.cpu_count()} CPUs; "
           f"{args.rounds} interleaved rounds of {args.calls} calls per design and concurrency; "
-          f"multiprocess = {args.processes} processes x {THREADS} threads")
-    print("calls/s = median over rounds; ratios against the threaded server at the same concurrency\n")
-    print(f"{'design':14} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'x calls/s':>10} {'x p50':>7}")
+          f"multiprocess = {args.processes} processes x {THREADS} threads; 1-min load average during the rounds "
+          f"{min(args.loads):.1f} .. {max(args.loads):.1f}")
+    print("calls/s = median over rounds; x threaded = median over rounds of the ratio to the threaded server "
+          "in the same round; ahead = rounds in which the design answered more calls/s than threaded\n")
+    print(f"{'design':16} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'min..max':>11} "
+          f"{'x threaded':>10} {'x p50':>6} {'ahead':>6} {'procs':>5}")
     for concurrency in CONCURRENCIES:
         base = by["threaded", concurrency]
         for design in DESIGNS:
             r = by[design, concurrency]
-            r["calls_ratio"] = r["calls_per_s"] / base["calls_per_s"]
+            paired = np.array(r["calls_per_s_per_round"]) / np.array(base["calls_per_s_per_round"])
+            r["calls_ratio"] = float(np.median(paired))
+            r["rounds_ahead"] = int((paired > 1).sum())
             r["p50_ratio"] = r["p50_ms"] / base["p50_ms"]
-            print(f"{design:14} {concurrency:4d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['calls_per_s']:9.0f} "
-                  f"{r['calls_ratio']:10.2f} {r['p50_ratio']:7.2f}")
+            spread = f"{min(r['calls_per_s_per_round']):.0f}..{max(r['calls_per_s_per_round']):.0f}"
+            procs = str(r["answering_processes"]) if concurrency > 1 else "-"
+            ahead = f"{r['rounds_ahead']}/{len(paired)}" if design != "threaded" else "-"
+            print(f"{design:16} {concurrency:4d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['calls_per_s']:9.0f} "
+                  f"{spread:>11} {r['calls_ratio']:10.2f} {r['p50_ratio']:6.2f} {ahead:>6} {procs:>5}")
     print()
     winners = {}
     for concurrency in CONCURRENCIES:
-        best = max(DESIGNS, key=lambda d: by[d, concurrency]["calls_per_s"])
+        best = max(DESIGNS, key=lambda d: by[d, concurrency]["calls_ratio"])
         winners[concurrency] = best
         r = by[best, concurrency]
-        print(f"concurrency {concurrency:2d}: {best} wins, {r['calls_per_s']:.0f} calls/s = {r['calls_ratio']:.2f}x "
-              f"threaded, p50 {r['p50_ms']:.3f} ms = {r['p50_ratio']:.2f}x threaded")
+        if best == "threaded":
+            print(f"concurrency {concurrency:2d}: threaded wins: no design beat it in the median of the rounds")
+            continue
+        print(f"concurrency {concurrency:2d}: {best} wins, {r['calls_ratio']:.2f}x threaded calls/s (ahead in "
+              f"{r['rounds_ahead']} of {args.rounds} rounds), p50 {r['p50_ms']:.3f} ms = {r['p50_ratio']:.2f}x threaded")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model_rounds": args.model_rounds, "predictor": kind, "compiled": how,
                                "cpus": os.cpu_count(), "processes": args.processes, "threads": THREADS,
-                               "results": results, "winners": winners}, indent=2))
+                               "load_average_1min": args.loads, "results": results, "winners": winners}, indent=2))
     print(f"\nwritten {out}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
-    parser.add_argument("--calls", type=int, default=1000, help="calls per design, concurrency and round")
+    parser.add_argument("--rounds", type=int, help="interleaved measurement rounds (5; --quick 3)")
+    parser.add_argument("--calls", type=int, help="calls per design, concurrency and round (1000; --quick 300)")
     parser.add_argument("--model-rounds", type=int, default=400, help="boosting rounds of the champion")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="processes of the multi-process server")
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 300 calls")
+    parser.add_argument("--quick", action="store_true", help="smaller defaults: 3 rounds of 300 calls")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "serving_concurrency.json"))
     # A prototype server, started by the benchmark itself.
     parser.add_argument("--serve", choices=DESIGNS, help=argparse.SUPPRESS)
@@ -434,8 +456,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--predictor", choices=("compiled", "xgboost"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.calls = 3, 300
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.calls = args.calls or (300 if args.quick else 1000)
     return args
 
 
