@@ -12,12 +12,29 @@ import hashlib
 import dagster as dg
 import pandas as pd
 
-from stellar_core.contract import LABEL_COLUMN, MJD_COLUMN, OBJECT_ID_COLUMN
+from stellar_core.contract import (
+    LABEL_COLUMN,
+    MAGNITUDE_BANDS,
+    MAGNITUDE_RANGE,
+    MJD_COLUMN,
+    OBJECT_ID_COLUMN,
+    REDSHIFT_RANGE,
+    SENTINEL_THRESHOLD,
+)
 from stellar_core.features import FEATURE_NAMES, FEATURES_CODE_VERSION, build_features
-from stellar_core.quality import PACKING_EXPECTATION, PRECISION_EXPECTATION, QualityReport, validate_observations
+from stellar_core.quality import (
+    MAX_NULL_SHARE,
+    PACKING_EXPECTATION,
+    PRECISION_EXPECTATION,
+    RANGE_MOSTLY,
+    ExpectationOutcome,
+    QualityReport,
+    validate_observations,
+)
 from stellar_core.sources import SourceError
 from stellar_core.week_changes import WeekChange, compare_week, content_version
 from stellar_core.weeks import week_keys_for_mjds
+from stellar_assets.checks import WeekCheck, percent, week_check_events, weekly_check_spec
 from stellar_assets.partitions import observation_weeks, survey_span
 from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG, shrink_allowed
 from stellar_assets.resources.sources import ObservationSource, SourceBatch
@@ -37,20 +54,25 @@ QUALITY_CHECKS: dict[str, tuple[str, ...]] = {
 ALLOW_SOURCE_CHANGE_TAG = "stellar/allow-source-change"
 SOURCE_ATTR = "stellar_source"
 PLACEMENT_CHECK = "rows_in_survey_weeks"
-PLACEMENT_DESCRIPTION = ("Every row's MJD lies in a survey week. Rows that cannot be placed are counted and named "
-                         "here (warning); a source where most rows cannot be placed is refused.")
+PLACEMENT_DESCRIPTION = ("Every row's MJD lies in a survey week. Rows that cannot be placed (they belong to no "
+                         "week: the verdict is the batch's, on every week it delivered) are counted and named here "
+                         "(warning); a source where most rows cannot be placed is refused.")
+_MAGNITUDES = f"{', '.join(MAGNITUDE_BANDS)} lie in [{MAGNITUDE_RANGE[0]:g}, {MAGNITUDE_RANGE[1]:g}]"
 CHECK_DESCRIPTIONS = {
     "schema": "All 18 SDSS17 columns are present and numeric where they must be.",
     "class_labels": "class is one of STAR, GALAXY, QSO.",
-    "magnitude_range": "u, g, r, i, z lie in [5, 40] for at least 99% of measured rows, in the batch and in every "
-    "week (-9999 means no measurement: passed on, dropped and counted by features).",
-    "redshift_range": "redshift lies in [-0.1, 10] for at least 99% of rows, in the batch and in every week.",
+    "magnitude_range": f"{_MAGNITUDES} for at least {percent(RANGE_MOSTLY)} of measured rows, in the batch and in "
+    f"every week ({SENTINEL_THRESHOLD:g} or below means no measurement: passed on, dropped and counted by features).",
+    "redshift_range": f"redshift lies in [{REDSHIFT_RANGE[0]:g}, {REDSHIFT_RANGE[1]:g}] for at least "
+    f"{percent(RANGE_MOSTLY)} of rows, in the batch and in every week.",
     "unique_spec_obj_id": "spec_obj_ID is unique: one row per spectrum (a spreadsheet round trip breaks this).",
-    "null_share": "At most 1% missing values in magnitudes, redshift and class, in the batch and in every "
-    "week; spec_obj_ID is never missing.",
+    "null_share": f"At most {percent(MAX_NULL_SHARE)} missing values in magnitudes, redshift and class, in the batch "
+    "and in every week; spec_obj_ID is never missing.",
     "id_precision": "obj_ID and spec_obj_ID carry the precision the source format carries (not rounded by a "
     "spreadsheet), and each spec_obj_ID encodes its row's plate, fibre and MJD as SDSS packs them.",
 }
+BATCH_FAILURE_NOTE = ("failed on the whole batch, not on one week's rows (the batch is refused as a whole, "
+                      "so every week of it carries the failure)")
 
 
 def _family(outcome) -> str:
@@ -59,30 +81,66 @@ def _family(outcome) -> str:
     return outcome.name
 
 
-def quality_check_results(report: QualityReport) -> list[dg.AssetCheckResult]:
-    results = []
+def quality_week_checks(report: QualityReport, weeks: pd.Series, keys: list[str],
+                        sentinel_rows: dict[str, int]) -> list[WeekCheck]:
+    """Each quality check's verdict on each week of the batch. A week fails on its own rows' failures,
+    and on a failure of the whole batch that no week's own failure of the same expectation explains
+    (duplicate IDs across weeks, a missing column)."""
+    rows = weeks.value_counts().to_dict()
+    checks = []
     for check_name, families in QUALITY_CHECKS.items():
         outcomes = [o for o in report.outcomes if _family(o) in families]
-        failed = [o for o in outcomes if not o.success]
-        metadata = {
-            "rows": report.rows,
-            "expectations": len(outcomes),
-            "failed_expectations": len(failed),
-        }
-        if failed:
-            metadata["failures"] = dg.MetadataValue.md(_failures_markdown(failed))
-            metadata["failure_details"] = dg.MetadataValue.json([o.as_dict() for o in failed])
-        if check_name == "magnitude_range":
-            metadata["sentinel_rows"] = report.sentinel_rows  # -9999 rows: dropped and counted by features
-        flagged = [o for o in outcomes if o.success and o.unexpected_count]
-        if flagged:  # tolerated (mostly=...) but worth seeing: e.g. one -9999 sentinel row
-            metadata["tolerated"] = dg.MetadataValue.json([o.as_dict() for o in flagged])
-        results.append(dg.AssetCheckResult(
-            check_name=check_name, asset_key="raw_observations", passed=not failed,
-            severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-            description=CHECK_DESCRIPTIONS[check_name],
-        ))
-    return results
+        by_week: dict[str, list[ExpectationOutcome]] = {}
+        for outcome in outcomes:
+            if outcome.week in keys and not outcome.success:
+                by_week.setdefault(outcome.week, []).append(outcome)
+        explained = {(o.name, o.column) for failed in by_week.values() for o in failed}
+        unexplained = [o for o in outcomes if o.week is None and not o.success and (o.name, o.column) not in explained]
+        for week in keys:
+            failed = by_week.get(week, []) + unexplained
+            metadata = _quality_metadata(check_name, outcomes, failed, week, int(rows.get(week, 0)), report)
+            if check_name == "magnitude_range":
+                metadata["sentinel_rows"] = sentinel_rows.get(week, 0)  # dropped and counted by features
+            checks.append(WeekCheck(check_name, week, passed=not failed, metadata=metadata,
+                                    description=_quality_description(check_name, week, failed)))
+    return checks
+
+
+def _quality_metadata(check_name: str, outcomes: list[ExpectationOutcome], failed: list[ExpectationOutcome],
+                      week: str, rows: int, report: QualityReport) -> dict:
+    metadata = {
+        "rows": rows,
+        "batch_rows": report.rows,
+        "expectations": len([o for o in outcomes if o.week in (None, week)]),
+        "failed_expectations": len(failed),
+        "batch_verdict": "passed the quality suite" if report.success else
+        f"refused: {len(report.failures)} failed expectation(s) in the batch; nothing was stored",
+    }
+    if failed:
+        metadata["failures"] = dg.MetadataValue.md(_failures_markdown(failed))
+        metadata["failure_details"] = dg.MetadataValue.json([o.as_dict() for o in failed])
+    flagged = [o for o in outcomes if o.success and o.unexpected_count and o.week in (None, week)]
+    if flagged:  # tolerated (mostly=...) but worth seeing: e.g. one -9999 sentinel row
+        metadata["tolerated"] = dg.MetadataValue.json([o.as_dict() for o in flagged])
+    return metadata
+
+
+def _quality_description(check_name: str, week: str, failed: list[ExpectationOutcome]) -> str:
+    if not failed:
+        return CHECK_DESCRIPTIONS[check_name]
+    first = failed[0]
+    where = f"week {week}" if first.week else BATCH_FAILURE_NOTE
+    more = f" (and {len(failed) - 1} more failed expectation(s))" if len(failed) > 1 else ""
+    return f"{first.name} on {first.column or 'the table'}, {where}: {first.explanation}{more}"
+
+
+def _sentinel_rows_by_week(frame: pd.DataFrame, weeks: pd.Series) -> dict[str, int]:
+    """Rows with a no-measurement magnitude (-9999), by week."""
+    bands = [b for b in MAGNITUDE_BANDS if b in frame.columns and pd.api.types.is_numeric_dtype(frame[b])]
+    if not bands or frame.empty:
+        return {}
+    sentinel = (frame[bands] <= SENTINEL_THRESHOLD).any(axis=1)
+    return {str(k): int(v) for k, v in weeks[sentinel].value_counts().items()}
 
 
 def _failures_markdown(failed) -> str:
@@ -133,10 +191,9 @@ def _split_by_week(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> di
     # The stored weeks are read to compare with (io_manager); the source is configured as a resource.
     required_resource_keys={"io_manager", "source"},
     check_specs=[
-        *[dg.AssetCheckSpec(name, asset="raw_observations", blocking=True, description=CHECK_DESCRIPTIONS[name])
+        *[weekly_check_spec("raw_observations", name, CHECK_DESCRIPTIONS[name], blocking=True)
           for name in QUALITY_CHECKS],
-        dg.AssetCheckSpec(PLACEMENT_CHECK, asset="raw_observations", blocking=False,
-                          description=PLACEMENT_DESCRIPTION),
+        weekly_check_spec("raw_observations", PLACEMENT_CHECK, PLACEMENT_DESCRIPTION, blocking=False),
     ],
     description="SDSS spectra observed in the week, as received from the configured source. A week the "
     "source does not cover, or one that would hold fewer rows than stored, is refused before anything is written.",
@@ -149,10 +206,11 @@ def raw_observations(context: dg.AssetExecutionContext):
                      len(batch.rows), len(keys), keys[0], keys[-1], batch.covers)
 
     report = validate_observations(batch.rows, weeks=batch.weeks)
-    yield from quality_check_results(report)
-    yield _placement_check(batch)
+    checks = [*quality_week_checks(report, batch.weeks, keys, _sentinel_rows_by_week(batch.rows, batch.weeks)),
+              *_placement_checks(batch, keys)]
     if not report.success:
         # Fail before the IO manager writes anything: stored weeks keep their good data.
+        yield from week_check_events(context, checks, materialized=False)
         raise dg.Failure(
             description=f"raw observations from {source.describe()} failed the quality suite; nothing was stored. "
             + report.summary(),
@@ -160,7 +218,11 @@ def raw_observations(context: dg.AssetExecutionContext):
         )
 
     per_week = _split_by_week(batch.rows, batch.weeks, keys)
-    changes = _changes_against_store(context, per_week, source)
+    try:
+        changes = _changes_against_store(context, per_week, source)
+    except dg.Failure:  # refused for what is stored, not for quality: the verdicts still stand
+        yield from week_check_events(context, checks, materialized=False)
+        raise
     schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in batch.rows.dtypes.items()])
     versions = {}
     for key, part in per_week.items():
@@ -171,6 +233,7 @@ def raw_observations(context: dg.AssetExecutionContext):
         context.add_asset_metadata(metadata, partition_key=key)
     value = per_week if len(keys) > 1 else per_week[keys[0]]
     yield dg.Output(value, data_version=dg.DataVersion(_range_version(versions)))
+    yield from week_check_events(context, checks, materialized=True)  # after the output: each week's new one
 
 
 def _fetch_covered(context: dg.AssetExecutionContext, source: ObservationSource, keys: list[str]) -> SourceBatch:
@@ -279,15 +342,18 @@ def _range_version(versions: dict[str, str]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
-def _placement_check(batch: SourceBatch) -> dg.AssetCheckResult:
+def _placement_checks(batch: SourceBatch, keys: list[str]) -> list[WeekCheck]:
+    """Unplaceable rows belong to no week: each week of the batch carries the batch's verdict."""
     examples = batch.unplaceable.head(10)
-    metadata = {"unplaceable_rows": dg.MetadataValue.int(len(batch.unplaceable)), "summary": batch.unplaceable_summary}
+    metadata = {"unplaceable_rows": dg.MetadataValue.int(len(batch.unplaceable)), "summary": batch.unplaceable_summary,
+                "batch_weeks": f"{keys[0]}..{keys[-1]} ({len(keys)} week(s))"}
     if len(examples):
         columns = [c for c in (OBJECT_ID_COLUMN, MJD_COLUMN, "reason") if c in examples.columns]
         metadata["examples"] = dg.MetadataValue.md(examples[columns].to_markdown(index=False))
-    return dg.AssetCheckResult(
-        check_name=PLACEMENT_CHECK, asset_key="raw_observations", passed=batch.unplaceable.empty,
-        severity=dg.AssetCheckSeverity.WARN, metadata=metadata, description=PLACEMENT_DESCRIPTION)
+    description = PLACEMENT_DESCRIPTION if batch.unplaceable.empty else \
+        f"the batch holds {len(batch.unplaceable)} row(s) no survey week holds: {batch.unplaceable_summary}"
+    return [WeekCheck(PLACEMENT_CHECK, week, passed=batch.unplaceable.empty, description=description,
+                      metadata=metadata, severity=dg.AssetCheckSeverity.WARN) for week in keys]
 
 
 @dg.asset(
