@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Annotated
 
 import dagster as dg
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stellar_core.home import default_sdss_csv
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME
 from stellar_core.sources.skyserver import DR17_SQL_SEARCH_URL
 from stellar_core.weeks import DR17_FIRST_WEEK, DR17_LAST_MJD, Week
+
+
+DEGRADATION_TRIGGER = "champion_degraded"
+RETRAIN_TRIGGERS = (DEGRADATION_TRIGGER, "data_drift", "prediction_drift", "performance_drift", "rejected_rows")
 
 
 def _env(name: str, doc: str, default=None, secret: bool = False):
@@ -87,6 +92,10 @@ class CodeLocationSettings(BaseSettings):
                                     "http://127.0.0.1:9464/metrics")
     auth_token: SecretStr | None = _env(
         "STELLAR_AUTH_TOKEN", "bearer token of the prediction server; sent with ReloadModel", secret=True)
+    retrain_on: Annotated[tuple[str, ...], NoDecode] = _env(
+        "STELLAR_RETRAIN_ON", "what makes the sensor request a retraining, comma-separated: champion_degraded "
+        "(its accuracy since training below its out-of-time reference, on evidence) and optionally drift "
+        "checks (data_drift, prediction_drift, performance_drift, rejected_rows)", (DEGRADATION_TRIGGER,))
     retrain_cooldown_weeks: int = _env(
         "STELLAR_RETRAIN_COOLDOWN_WEEKS", "weeks between retrainings the sensor requests", 4)
 
@@ -104,6 +113,15 @@ class CodeLocationSettings(BaseSettings):
         if weeks < 1:
             raise ValueError(f"STELLAR_TRAINING_WINDOW_WEEKS must be >= 1, got {weeks}")
         return weeks
+
+    @field_validator("retrain_on", mode="before")
+    @classmethod
+    def _triggers(cls, raw):
+        names = tuple(n.strip() for n in raw.split(",") if n.strip()) if isinstance(raw, str) else tuple(raw)
+        unknown = sorted(set(names) - set(RETRAIN_TRIGGERS))
+        if unknown or not names:
+            raise ValueError(f"STELLAR_RETRAIN_ON names {unknown or 'nothing'}; choose from {', '.join(RETRAIN_TRIGGERS)}")
+        return names
 
     @field_validator("retrain_cooldown_weeks", mode="before")
     @classmethod

@@ -368,29 +368,33 @@ def retraining_run_key(week: str) -> str:
     return f"drift-retrain-{week}"
 
 
-def retraining_decision(week: str, status: str, failed_checks: Sequence[str], last_retraining_week: str | None,
-                        cooldown_weeks: int, already_requested: bool) -> RetrainingDecision:
+def retraining_decision(week: str, status: str, triggers: Sequence[str], last_retraining_week: str | None,
+                        cooldown_weeks: int, already_requested: bool, evidence: str = "") -> RetrainingDecision:
     """What the retraining sensor does with the drift report of `week` (ISO Sunday).
 
-    Retrain when a drift check failed, unless that week was already requested
-    (same run key) or the last drift-triggered retraining was fewer than
-    `cooldown_weeks` observation weeks earlier. Cool-down counts partition weeks,
-    not wall-clock time, so a replay of history and the live daemon agree.
+    Retrain when a trigger fired (by default the champion's own accuracy shown to have
+    dropped; drift checks when configured as triggers), unless that week was already
+    requested (same run key) or the last sensor-triggered retraining was fewer than
+    `cooldown_weeks` observation weeks earlier. Cool-down counts partition weeks, not
+    wall-clock time, so a replay of history and the live daemon agree. `evidence` is
+    the sentence that says why (or why not), carried into the reason.
     """
     if cooldown_weeks < 0:
         raise DriftInputError(f"cooldown_weeks must be >= 0, got {cooldown_weeks}")
-    if status == NOT_ENOUGH_DATA:
-        return RetrainingDecision(False, f"{week}: not enough data to test, no retraining")
-    if not failed_checks:
-        return RetrainingDecision(False, f"{week}: no drift")
+    because = f" ({evidence})" if evidence else ""
+    if not triggers:
+        if status == NOT_ENOUGH_DATA:
+            return RetrainingDecision(False, f"{week}: not enough data to test, no retraining{because}")
+        return RetrainingDecision(False, f"{week}: no trigger fired, no retraining{because}")
     key = retraining_run_key(week)
+    fired = ", ".join(triggers)
     if already_requested:
-        return RetrainingDecision(False, f"{week}: retraining for this drift was already requested ({key})")
+        return RetrainingDecision(False, f"{week}: retraining for {fired} was already requested ({key})")
     if last_retraining_week is not None and last_retraining_week <= week:
         from stellar_core.weeks import Week
 
         gap = Week.of(week) - Week.of(last_retraining_week)
         if gap < cooldown_weeks:
-            return RetrainingDecision(False, f"{week}: drift ({', '.join(failed_checks)}) but in cool-down: "
-                                             f"retrained at {last_retraining_week}, {gap} week(s) ago (< {cooldown_weeks})")
-    return RetrainingDecision(True, f"{week}: drift checks failed: {', '.join(failed_checks)}", key)
+            return RetrainingDecision(False, f"{week}: {fired} but in cool-down: retrained at "
+                                             f"{last_retraining_week}, {gap} week(s) ago (< {cooldown_weeks})")
+    return RetrainingDecision(True, f"{week}: retraining triggered by {fired}{because}", key)

@@ -123,6 +123,17 @@ class PredictionsDatabase(dg.ConfigurableResource):
         engine.dispose()
         return frame
 
+    def labelled_scores(self, model_version: str, after_week: str, through_week: str) -> list[tuple[str, int, int]]:
+        """(week, correct, labelled) per week in (after_week, through_week] predicted by `model_version`,
+        oldest first: the champion's own record since its training window ended."""
+        c = predictions_table.c
+        query = (sa.select(c.week, sa.func.sum(sa.case((c.predicted_class == c.label, 1), else_=0)), sa.func.count())
+                 .where(c.model_version == str(model_version), c.label.is_not(None),
+                        c.week > after_week, c.week <= through_week)
+                 .group_by(c.week).order_by(c.week))
+        with self.engine().connect() as conn:
+            return [(week, int(correct), int(total)) for week, correct, total in conn.execute(query)]
+
     def save_snapshot(self, week: str, taken_at: float, snapshot_json: str) -> None:
         engine = self.engine()
         with engine.begin() as conn:
@@ -193,6 +204,10 @@ class DriftSettings(dg.ConfigurableResource):
     psi_threshold: float = 0.25
     accuracy_drop: float = 0.05
     rejected_rise: float = 0.02
+    degradation_min_rows: int = Field(
+        default=300, description="the champion's labelled rows since training are pooled back to this many "
+        "before its accuracy is tested against its out-of-time reference")
+    degradation_alpha: float = Field(default=0.05, description="one-sided significance of that test")
     experiment_name: str = "stellar-monitoring"
     artifact_root: str | None = None
     plots: bool = True

@@ -1,8 +1,12 @@
-"""Automation: retrain when drift checks fail; hand the prediction server a new champion.
+"""Automation: retrain when the champion is shown to have degraded; hand the server a new champion.
 
 `drift_retraining_sensor` reads the drift_report materializations recorded
 since its cursor, in storage order, and asks `retraining_decision`
-(stellar_core.drift) what to do with each. A request carries the run key
+(stellar_core.drift) what to do with each. The trigger is performance evidence by
+default (the report's `champion_degraded`: stellar_assets/monitoring/evidence.py);
+drift checks become triggers only when listed in STELLAR_RETRAIN_ON, since SDSS
+plates target one kind of object each and week-to-week drift is mostly harmless.
+A request carries the run key
 `drift-retrain-<week>` (Dagster never launches the same key twice for a sensor;
 the sensor also skips keys that already have a run, so the replay, which
 launches in process, is covered too) and tags that say why, visible on the run
@@ -18,10 +22,11 @@ down is reported as a skip: it polls the alias itself when it comes back.
 import dagster as dg
 from dagster._core.storage.dagster_run import RunsFilter
 
-from stellar_assets.settings import load_settings
-from stellar_core.drift import retraining_decision, retraining_run_key
 from stellar_assets.monitoring.resources import PredictionServer, ServerUnreachable
+from stellar_assets.run_tags import DEGRADED, RETRAIN_BECAUSE_TAG
+from stellar_assets.settings import DEGRADATION_TRIGGER, load_settings
 from stellar_assets.training import train_and_promote_job
+from stellar_core.drift import NOT_ENOUGH_DATA, retraining_decision, retraining_run_key
 
 TRIGGER_TAG = "stellar/trigger"
 RETRAIN_WEEK_TAG = "stellar/retrain_for_week"
@@ -39,15 +44,31 @@ def _runs_with(instance: dg.DagsterInstance, tags: dict, limit: int | None = Non
     return instance.get_runs(filters=RunsFilter(job_name=RETRAIN_JOB, tags=tags), limit=limit)
 
 
+def fired_triggers(metadata: dict, triggers: tuple[str, ...]) -> list[str]:
+    """Which of the configured triggers a drift report's metadata fires."""
+    fired = [DEGRADATION_TRIGGER] if DEGRADATION_TRIGGER in triggers and metadata.get(DEGRADATION_TRIGGER) else []
+    return fired + [check for check in metadata.get("failed_checks") or [] if check in triggers]
+
+
+def _status(metadata: dict, fired: list[str]) -> str:
+    """not_enough_data only when neither the champion's record nor the week could be tested."""
+    if fired or metadata.get("degradation_status") not in (None, NOT_ENOUGH_DATA):
+        return "tested"
+    return metadata["status"]
+
+
 def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSOR_NAME,
-                            minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
+                            minimum_interval_seconds: int = 60,
+                            triggers: tuple[str, ...] | None = None) -> dg.SensorDefinition:
     cooldown = load_settings().retrain_cooldown_weeks if cooldown_weeks is None else cooldown_weeks
+    triggers = load_settings().retrain_on if triggers is None else tuple(triggers)
 
     @dg.sensor(
         name=name, job_name=RETRAIN_JOB, minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        description=f"Requests train_and_promote for week W when drift_report[W]'s checks fail; one run per "
-        f"week (run key), at most one per {cooldown} observation weeks (cool-down).",
+        description=f"Requests train_and_promote for week W when drift_report[W] fires a trigger "
+        f"({', '.join(triggers)}); one run per week (run key), at most one per {cooldown} observation weeks "
+        "(cool-down).",
     )
     def drift_retraining_sensor(context: dg.SensorEvaluationContext):
         after = int(context.cursor) if context.cursor else None
@@ -67,19 +88,21 @@ def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSO
             metadata = {k: v.value for k, v in materialization.metadata.items()}
             if week is None or "status" not in metadata:
                 continue
-            failed = list(metadata.get("failed_checks") or [])
+            fired = fired_triggers(metadata, triggers)
             last = max([w for w in planned if w <= week], default=None)
             key = retraining_run_key(week)
             requested = bool(_runs_with(context.instance, {RUN_KEY_TAG: key}, limit=1)) or key in {
                 r.run_key for r in requests}
-            decision = retraining_decision(week, metadata["status"], failed, last, cooldown, requested)
+            decision = retraining_decision(week, _status(metadata, fired), fired, last, cooldown, requested,
+                                           metadata.get("degradation_summary", ""))
             notes.append(decision.reason)
             if decision.retrain:
                 planned.append(week)
                 requests.append(dg.RunRequest(
                     run_key=decision.run_key, partition_key=week,
                     tags={TRIGGER_TAG: TRIGGER, RETRAIN_WEEK_TAG: week, REASON_TAG: decision.reason[:500],
-                          FLAGS_TAG: ",".join(failed), CHAMPION_TAG: str(metadata.get("champion_version", ""))}))
+                          FLAGS_TAG: ",".join(fired), CHAMPION_TAG: str(metadata.get("champion_version", "")),
+                          **({RETRAIN_BECAUSE_TAG: DEGRADED} if DEGRADATION_TRIGGER in fired else {})}))
         cursor = str(result.records[-1].storage_id)
         if requests:
             context.log.info("; ".join(notes))

@@ -121,6 +121,10 @@ def test_retraining_decision_run_key_and_cool_down():
     assert not cooling.retrain and "cool-down" in cooling.reason and "2 week(s) ago" in cooling.reason
     assert retraining_decision("2012-04-01", "drift", ["prediction_drift"], "2012-03-04", 4, False).retrain
     assert "not enough data" in retraining_decision("2012-03-04", NOT_ENOUGH_DATA, [], None, 4, False).reason
+    quiet = retraining_decision("2012-03-04", "tested", [], None, 4, False, "stable: champion right on 290 of 300")
+    assert not quiet.retrain and "no trigger fired" in quiet.reason and "stable: champion right" in quiet.reason
+    degraded = retraining_decision("2012-03-04", "tested", ["champion_degraded"], None, 4, False, "degraded: p=0.001")
+    assert degraded.retrain and "triggered by champion_degraded (degraded: p=0.001)" in degraded.reason
 
 
 def test_serving_figures_difference_counters_and_percentiles():

@@ -1,0 +1,38 @@
+"""The retraining trigger's evidence: has the champion of week W got worse than it was?
+
+Its record since training (the predictions table: labelled rows of the weeks
+after its window, up to W, that it predicted) is pooled back from W to enough
+rows and tested against its own out-of-time evaluation (the run's `accuracy`
+on `test_rows`, measured on weeks it never trained on), with
+stellar_core.performance.degradation_evidence.
+"""
+
+from __future__ import annotations
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from stellar_assets.monitoring.resources import DriftSettings, PredictionsDatabase
+from stellar_core.performance import DegradationEvidence, degradation_evidence
+from stellar_mlflow.names import TAG_WINDOW_LAST
+
+
+def out_of_time_reference(client: MlflowClient, version: ModelVersion) -> tuple[int, int] | None:
+    """(correct, rows) of the champion on its out-of-time evaluation set; None when its run lacks them."""
+    metrics = client.get_run(version.run_id).data.metrics
+    accuracy, rows = metrics.get("accuracy"), metrics.get("test_rows")
+    if accuracy is None or not rows:
+        return None
+    return int(round(accuracy * rows)), int(rows)
+
+
+def champion_degradation(client: MlflowClient, predictions: PredictionsDatabase, version: ModelVersion, week: str,
+                         settings: DriftSettings) -> DegradationEvidence | None:
+    """The evidence at `week` for the champion `version`; None when it has no out-of-time reference."""
+    reference = out_of_time_reference(client, version)
+    if reference is None:
+        return None
+    trained_through = (version.tags or {}).get(TAG_WINDOW_LAST, "")
+    scores = predictions.labelled_scores(str(version.version), trained_through, week)
+    return degradation_evidence(scores, *reference, min_rows=settings.degradation_min_rows,
+                                alpha=settings.degradation_alpha)
