@@ -146,6 +146,9 @@ def blocking_problems(gate: PromotionGate, registry: ModelRegistry, version, tra
     status = "passed" if not found else "failed: " + "; ".join(found)
     client.set_model_version_tag(registry.model_name, version.version, TAG_GATE, status[:5000])
     mlflow.set_tag(TAG_GATE, status[:5000])
+    if found:
+        # The run records the failed gate, not a green "Finished" (dagster_mlflow_run finds it ended).
+        mlflow.end_run(status="FAILED")
     return problems
 
 

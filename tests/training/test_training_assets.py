@@ -83,6 +83,9 @@ def test_challenger_below_floors_is_blocked(store, model_name):
     assert get_alias_version(client, model_name).version == champion_before.version
     rejected = metadata_of(result, "challenger_model")["model_version"]
     assert client.get_model_version(model_name, rejected).tags["gate_status"].startswith("failed: accuracy")
+    # Its MLflow run records the failed gate instead of a green "Finished".
+    run = client.get_run(metadata_of(result, "challenger_model")["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["gate_status"].startswith("failed: accuracy")
 
 
 def test_latency_over_budget_is_blocked(store, model_name):
