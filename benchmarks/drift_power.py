@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stellar_core.contract import CLASSES  # noqa: E402
 from stellar_core.drift import DriftThresholds, build_drift_report, choose_window  # noqa: E402
 from stellar_core.features import FEATURE_NAMES, build_features, feature_matrix  # noqa: E402
+from stellar_core.model_bundle import booster_probabilities  # noqa: E402
 from stellar_core.sources.simulator import Drift, simulate_week  # noqa: E402
 from stellar_core.training import XGBoostParams, evaluate_booster, stratified_split, split_parts, train_booster  # noqa: E402
 from stellar_core.weeks import Week, week_keys_for_mjds  # noqa: E402
@@ -62,7 +63,7 @@ class Champion:
     def predict(self, table: pd.DataFrame) -> list[str]:
         if not len(table):
             return []
-        proba = np.asarray(self.booster.inplace_predict(feature_matrix(table))).reshape(-1, len(CLASSES))
+        proba = booster_probabilities(self.booster, feature_matrix(table))
         return [CLASSES[k] for k in proba.argmax(axis=1)]
 
     def report(self, raw: pd.DataFrame, thresholds: DriftThresholds) -> dict:

@@ -7,6 +7,9 @@ neither Dagster nor MLflow, so the prediction server can use it as is.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+
 # Columns of the Kaggle "Stellar Classification Dataset - SDSS17" export, in order.
 SDSS17_COLUMNS: tuple[str, ...] = (
     "obj_ID", "alpha", "delta", "u", "g", "r", "i", "z",
@@ -64,3 +67,12 @@ def serving_contract(feature_names: tuple[str, ...] | list[str]) -> dict:
         "dtype": "float32",
         "classes": list(CLASSES),
     }
+
+
+def class_counts(labels: Iterable) -> dict[str, int]:
+    """Rows per class, every class present (0 when absent); a label that is not a class is an error."""
+    counted = Counter(str(label) for label in labels if label is not None and label == label)  # NaN != NaN
+    unknown = sorted(set(counted) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; classes are {list(CLASSES)}")
+    return {c: counted.get(c, 0) for c in CLASSES}

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from stellar_core.contract import CLASSES
+from stellar_core.contract import CLASSES, class_counts
 
 NOT_ENOUGH_DATA = "not_enough_data"
 DRIFT = "drift"
@@ -181,12 +181,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def _counts(labels: Iterable) -> dict[str, int]:
-    series = pd.Series(list(labels), dtype=object)
-    unknown = sorted(set(series.dropna().astype(str)) - set(CLASSES))
-    if unknown:
-        raise DriftInputError(f"unknown classes {unknown}; classes are {list(CLASSES)}")
-    counts = series.value_counts()
-    return {c: int(counts.get(c, 0)) for c in CLASSES}
+    try:
+        return class_counts(labels)
+    except ValueError as exc:
+        raise DriftInputError(str(exc)) from None
 
 
 def prediction_drift(current_predictions: Iterable, reference_predictions: Iterable,

@@ -28,6 +28,13 @@ CONTRACT_FILE = "contract.json"
 CARD_FILE = "model_card.json"
 
 
+def booster_probabilities(booster: xgb.Booster, features: np.ndarray) -> np.ndarray:
+    """float [n, 13] features -> float32 [n, 3] class probabilities: the call the prediction server
+    makes (inplace_predict on C-contiguous float32), shaped one row per object even for one object."""
+    out = booster.inplace_predict(np.ascontiguousarray(features, dtype=np.float32))
+    return np.asarray(out, dtype=np.float32).reshape(-1, len(CLASSES))
+
+
 class ContractMismatch(ValueError):
     """A model's stored contract is not what this code serves."""
 
@@ -86,8 +93,7 @@ class ModelBundle:
         return self.predict_proba_features(derive_feature_matrix(inputs))
 
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
-        out = self.booster.inplace_predict(np.ascontiguousarray(features, dtype=np.float32))
-        return np.asarray(out, dtype=np.float32).reshape(-1, len(CLASSES))
+        return booster_probabilities(self.booster, features)
 
 
 def new_contract() -> dict:
@@ -95,6 +101,6 @@ def new_contract() -> dict:
 
 
 __all__ = [
-    "BOOSTER_FILE", "CARD_FILE", "CONTRACT_FILE", "ContractMismatch", "DEFAULT_MODEL_NAME", "MODEL_INPUTS",
+    "BOOSTER_FILE", "CARD_FILE", "booster_probabilities", "CONTRACT_FILE", "ContractMismatch", "DEFAULT_MODEL_NAME", "MODEL_INPUTS",
     "ModelBundle", "new_contract",
 ]

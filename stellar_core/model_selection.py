@@ -25,7 +25,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from stellar_core.contract import CLASSES
-from stellar_core.training import TrainingInputError, XGBoostParams, class_weights
+from stellar_core.model_bundle import booster_probabilities
+from stellar_core.training import TrainingInputError, XGBoostParams, train_booster_on
 
 FAMILIES = ("xgboost", "random_forest", "logistic_regression")
 DEFAULTS_FORMAT = 1
@@ -94,12 +95,11 @@ class _XGBoostEstimator:
         self.booster: xgb.Booster | None = None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "_XGBoostEstimator":
-        dtrain = xgb.DMatrix(X, label=y, weight=class_weights(y, self.params.class_weighting))
-        self.booster = xgb.train(self.params.booster_params(), dtrain, num_boost_round=self.params.n_estimators)
+        self.booster = train_booster_on(X, y, self.params)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.inplace_predict(X)).reshape(-1, len(CLASSES)).argmax(axis=1)
+        return booster_probabilities(self.booster, X).argmax(axis=1)
 
 
 def make_estimator(family: str, params: dict, seed: int = 17, n_jobs: int = 2):

@@ -25,8 +25,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from stellar_core.contract import CLASSES
+from stellar_core.contract import CLASSES, class_counts
 from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix, label_indices
+from stellar_core.model_bundle import booster_probabilities
 
 SPLIT_COLUMN = "split"
 TRAIN, TEST = "train", "test"
@@ -99,8 +100,7 @@ def split_parts(split_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def class_mix(table: pd.DataFrame) -> dict[str, int]:
-    counts = table[LABEL].value_counts()
-    return {cls: int(counts.get(cls, 0)) for cls in CLASSES}
+    return class_counts(table[LABEL])
 
 
 # ---------------------------------------------------------------- training
@@ -196,18 +196,19 @@ def class_weights(labels: np.ndarray, scheme: str) -> np.ndarray | None:
 def train_booster(train: pd.DataFrame, params: XGBoostParams) -> xgb.Booster:
     if len(train) == 0:
         raise TrainingInputError("the training set is empty")
-    labels = label_indices(train[LABEL])
-    dtrain = xgb.DMatrix(
-        feature_matrix(train), label=labels, weight=class_weights(labels, params.class_weighting),
-        feature_names=list(FEATURE_NAMES),
-    )
+    return train_booster_on(feature_matrix(train), label_indices(train[LABEL]), params)
+
+
+def train_booster_on(features: np.ndarray, labels: np.ndarray, params: XGBoostParams) -> xgb.Booster:
+    """The one XGBoost training call (the challenger's and model selection's cross-validation)."""
+    dtrain = xgb.DMatrix(features, label=labels, weight=class_weights(labels, params.class_weighting),
+                         feature_names=list(FEATURE_NAMES))
     return xgb.train(params.booster_params(), dtrain, num_boost_round=params.n_estimators)
 
 
 def predict_proba(booster: xgb.Booster, table: pd.DataFrame) -> np.ndarray:
-    """The same call the prediction server makes (inplace_predict on float32 features)."""
-    out = booster.inplace_predict(np.ascontiguousarray(feature_matrix(table), dtype=np.float32))
-    return np.asarray(out, dtype=np.float32).reshape(-1, len(CLASSES))
+    """The same call the prediction server makes, on a feature table."""
+    return booster_probabilities(booster, feature_matrix(table))
 
 
 # ---------------------------------------------------------------- evaluation

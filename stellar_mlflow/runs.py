@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from stellar_core.contract import CLASSES
 from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix, label_indices
-from stellar_core.model_bundle import ModelBundle, new_contract
+from stellar_core.model_bundle import ModelBundle, booster_probabilities, new_contract
 from stellar_core.plots import confusion_figure, curve_figures, importance_figure
 from stellar_core.training import Evaluation, describe_training_data
 from stellar_mlflow.names import (
@@ -117,8 +117,7 @@ def log_model_and_bundle(booster: xgb.Booster, train: pd.DataFrame, card: dict) 
     links metrics logged before a model to it by logging them again, which a PostgreSQL store
     refuses as duplicate keys (and the link is then lost)."""
     example = pd.DataFrame(feature_matrix(train.head(5)), columns=list(FEATURE_NAMES)).astype(np.float32)
-    probabilities = booster.inplace_predict(example.to_numpy())
-    output = pd.DataFrame(np.asarray(probabilities).reshape(-1, len(CLASSES)), columns=list(CLASSES))
+    output = pd.DataFrame(booster_probabilities(booster, example.to_numpy()), columns=list(CLASSES))
     signature = infer_signature(example, output)
     # Explicit requirements: MLflow's inference imports half the environment (seconds per model).
     requirements = [f"xgboost=={xgb.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
