@@ -217,7 +217,9 @@ class Explainer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._single: tuple[LoadedModel, object] | None = None  # (model, its single-threaded booster)
+        # (booster, its single-threaded copy): keyed by the booster, which a model's copies
+        # (the same version with another predictor) share.
+        self._single: tuple[object, object] | None = None
 
     def contributions(self, model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] inputs -> float32 [n, classes, features + 1]; the last column is the bias."""
@@ -232,10 +234,11 @@ class Explainer:
 
     def _single_threaded(self, model: LoadedModel):
         with self._lock:
-            if self._single is None or self._single[0] is not model:
-                booster = model.bundle.booster.copy()
-                booster.set_param({"nthread": 1})
-                self._single = (model, booster)
+            booster = model.bundle.booster
+            if self._single is None or self._single[0] is not booster:
+                single = booster.copy()
+                single.set_param({"nthread": 1})
+                self._single = (booster, single)
             return self._single[1]
 
 
