@@ -110,6 +110,12 @@ class _PartitionedStore:
                 return decode(self._read(relpath))
         return default
 
+    def stored_table(self, asset_key: dg.AssetKey, partition_keys: list[str]) -> pd.DataFrame:
+        """The stored table partitions among `partition_keys` as one DataFrame (weeks never stored are skipped)."""
+        frames = [frame for key in partition_keys
+                  if isinstance(frame := self.stored(asset_key, key), pd.DataFrame) and len(frame)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
     def stored_rows(self, asset_key: dg.AssetKey, partition_key: str) -> int | None:
         """Rows of a stored table partition (from the Parquet footer), None when none is stored."""
         relpath = _relpath(asset_key, partition_key, ".parquet")

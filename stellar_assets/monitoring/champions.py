@@ -1,0 +1,81 @@
+"""The champion of each week's time, and what the drift report compares the week with: the
+rows it trained on, as it predicts them. Loaded once per run and kept for its weeks."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from stellar_assets.partitions import observation_weeks
+from stellar_core.contract import CLASSES
+from stellar_core.features import feature_matrix
+from stellar_core.model_bundle import ModelBundle
+from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_mlflow.registry import champion_as_of, load_bundle
+
+
+def predict_table(bundle: ModelBundle, table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    if not len(table):
+        return np.empty((0, len(CLASSES)), dtype=np.float32), []
+    proba = bundle.predict_proba_features(feature_matrix(table))
+    return proba, [CLASSES[k] for k in proba.argmax(axis=1)]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A champion's training window as it predicts it: what its weeks are compared with."""
+
+    features: pd.DataFrame
+    predicted: list[str]
+    rows_in: int  # raw rows received in the window
+    rejected: int  # of them, rows that did not become features
+    window: tuple[str, str]
+    accuracy: float | None  # on its out-of-time evaluation set
+
+
+class Champions:
+    """Champion versions, bundles and references, each loaded once per run."""
+
+    def __init__(self, client: MlflowClient, model_name: str):
+        self.client, self.model_name = client, model_name
+        self._bundles: dict[str, ModelBundle] = {}
+        self._references: dict[str, Reference] = {}
+
+    def as_of(self, week: str) -> ModelVersion:
+        """The champion that predicts `week` (registry.champion_as_of: it never saw the week)."""
+        version = champion_as_of(self.client, self.model_name, week)
+        if version is None:
+            raise dg.Failure(description=(
+                f"no champion as of {week}: no promoted version of {self.model_name} trained only on weeks "
+                f"before {week}. Run train_and_promote for an earlier week first."))
+        return version
+
+    def bundle(self, version: ModelVersion) -> ModelBundle:
+        key = str(version.version)
+        if key not in self._bundles:
+            with tempfile.TemporaryDirectory(prefix="stellar-monitoring-") as tmp:
+                self._bundles[key] = load_bundle(self.client, version, tmp)
+        return self._bundles[key]
+
+    def reference(self, version: ModelVersion, store) -> Reference:
+        """The champion's training window from the asset store (the IO manager's stored partitions)."""
+        key = str(version.version)
+        if key not in self._references:
+            first, last = (version.tags or {}).get(TAG_WINDOW_FIRST), version.tags[TAG_WINDOW_LAST]
+            weeks = observation_weeks.get_partition_keys_in_range(dg.PartitionKeyRange(first, last))
+            features = store.stored_table(dg.AssetKey("observation_features"), weeks)
+            raw = store.stored_table(dg.AssetKey("raw_observations"), weeks)
+            if features.empty:
+                raise dg.Failure(description=f"no stored observation_features for v{version.version}'s training "
+                                 f"window {first}..{last}: ingest those weeks first")
+            _, predicted = predict_table(self.bundle(version), features)
+            accuracy = self.client.get_run(version.run_id).data.metrics.get("accuracy")
+            self._references[key] = Reference(features, predicted, len(raw), max(0, len(raw) - len(features)),
+                                              (first, last), accuracy)
+        return self._references[key]
