@@ -5,7 +5,8 @@ its generic tree structures; the same trees compiled to C by tl2cgen answer
 one row in a few tens of microseconds. Compiling takes seconds (about 14 s
 for 400 rounds on 2 cores), so it never runs on the request path: the model
 store serves from XGBoost and swaps the compiled predictor in when it is
-ready (see model_store.py).
+ready (see model_store.py). The compile runs in a child process at lower
+priority, which a stopping server ends (`compile_library`).
 
 - `library_path` names the shared library in the model cache: model version,
   a digest of the model's bytes, the platform and the tl2cgen, treelite and
@@ -28,6 +29,7 @@ import hashlib
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,7 @@ PROBE_TOLERANCE = 1e-5  # largest probability difference from XGBoost a compiled
 # The compiler runs below the request threads' priority: on a small machine it
 # would otherwise take the cores the (XGBoost) answers need while it compiles.
 COMPILE_NICENESS = 10
+CHILD_UNAVAILABLE = 3  # the compile child's exit status when tl2cgen cannot be imported
 # Source files the trees are split into. A 400-round depth-6 model cost 34 s of
 # compiler CPU in 64 files against 57 s in 2 (measured on the 2-core machine).
 SOURCE_FILES = 64
@@ -55,7 +58,8 @@ class CompileFailed(RuntimeError):
     """No compiled predictor for this version; the message says why in one sentence.
 
     `outcome` is the metrics label: "unavailable" (tl2cgen or the compiler missing),
-    "failed" (compiling or loading failed) or "mismatch" (answers differ from XGBoost)."""
+    "failed" (compiling or loading failed), "mismatch" (answers differ from XGBoost)
+    or "cancelled" (the server stopped during the compile)."""
 
     def __init__(self, message: str, outcome: str = "failed") -> None:
         super().__init__(message)
@@ -102,42 +106,57 @@ def _library_suffix() -> str:
     return ".dll" if sys.platform == "win32" else ".dylib" if sys.platform == "darwin" else ".so"
 
 
-def compile_library(model_bytes: bytes, path: Path, compiler: str) -> None:
-    """Compile the XGBoost model (UBJSON bytes) to the shared library `path`, written atomically."""
+def compile_library(model_bytes: bytes, path: Path, compiler: str, cancel: threading.Event | None = None) -> None:
+    """Compile the XGBoost model (UBJSON bytes) to the shared library `path`, written atomically.
+
+    The work runs in a child process (`python -m stellar_serving.compiled`) at lower priority, with the
+    compilers it starts in its own process group: setting `cancel` ends them all (a server that stops
+    does not wait for, or leave behind, a compile), and a crash in tl2cgen cannot take the server down."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}-", dir=path.parent) as work:
+        model_file, partial = Path(work) / "model.ubj", Path(work) / f"library{path.suffix}"
+        model_file.write_bytes(model_bytes)
+        child = subprocess.Popen([sys.executable, "-m", "stellar_serving.compiled", str(model_file), str(partial),
+                                  compiler], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
+        output = _wait_for_child(child, cancel)
+        if child.returncode == CHILD_UNAVAILABLE:
+            raise CompileFailed(_last_line(output), "unavailable")
+        if child.returncode != 0 or not partial.is_file():
+            raise CompileFailed(f"compiling the trees with {compiler!r} failed: {_last_line(output)}")
+        os.replace(partial, path)
+
+
+def _wait_for_child(child: subprocess.Popen, cancel: threading.Event | None) -> str:
+    while True:
+        try:
+            return child.communicate(timeout=0.5)[0] or ""
+        except subprocess.TimeoutExpired:
+            if cancel is not None and cancel.is_set():
+                os.killpg(child.pid, signal.SIGKILL)
+                child.communicate()
+                raise CompileFailed("the compile was cancelled: the server is stopping", "cancelled") from None
+
+
+def _compile_in_this_process(model_file: str, library: str, compiler: str) -> int:
+    """The child's work: treelite reads the model, tl2cgen writes C and runs the compiler."""
+    os.nice(COMPILE_NICENESS)  # the child and its compilers give way to the server's request threads
     try:
         import tl2cgen
         import treelite
     except ImportError as exc:
-        raise CompileFailed(f"tl2cgen is not installed ({exc})", "unavailable") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    threads = max(1, os.cpu_count() or 1)
-    fd, partial = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+        print(f"tl2cgen is not installed ({exc})")
+        return CHILD_UNAVAILABLE
     try:
-        _lower_thread_priority()
-        model = treelite.frontend.from_xgboost_ubjson(model_bytes)
-        # The trees spread over SOURCE_FILES files, `threads` compilers at a time: gcc -O3 spends
-        # far more time on a few huge functions than on many small ones.
-        tl2cgen.export_lib(model, toolchain=compiler, libpath=partial, params={"parallel_comp": SOURCE_FILES},
-                           nthread=threads)
-        os.replace(partial, path)
-    except CompileFailed:
-        raise
+        model = treelite.frontend.from_xgboost_ubjson(Path(model_file).read_bytes())
+        # The trees spread over SOURCE_FILES files, one compiler per core at a time: gcc -O3
+        # spends far more time on a few huge functions than on many small ones.
+        tl2cgen.export_lib(model, toolchain=compiler, libpath=library, params={"parallel_comp": SOURCE_FILES},
+                           nthread=max(1, os.cpu_count() or 1))
     except Exception as exc:  # tl2cgen reports a compiler failure as TL2cgenError, a missing one as ValueError
-        raise CompileFailed(f"compiling the trees with {compiler!r} failed: {_first_line(exc)}") from exc
-    finally:
-        Path(partial).unlink(missing_ok=True)
-
-
-def _lower_thread_priority() -> None:
-    # Linux keeps a nice value per thread and children inherit it: this lowers
-    # the compile thread and the compilers it starts, not the server.
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                           max(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), COMPILE_NICENESS))
-        except OSError:
-            pass
+        print(_first_line(exc))
+        return 1
+    return 0
 
 
 class CompiledPredictor:
@@ -214,7 +233,8 @@ def checked(predict: Predict, reference: Predict, probe: np.ndarray, tolerance: 
 
 
 def prepare(model_bytes: bytes, version: str, cache_root: Path, compiler: str, reference: Predict,
-            probe: np.ndarray, n_outputs: int, build: bool = True) -> Prepared | None:
+            probe: np.ndarray, n_outputs: int, build: bool = True,
+            cancel: threading.Event | None = None) -> Prepared | None:
     """The checked compiled predictor of this version: from the cache, or compiled now when `build`.
 
     None when it is not cached and `build` is False; CompileFailed says why there is none."""
@@ -223,7 +243,7 @@ def prepare(model_bytes: bytes, version: str, cache_root: Path, compiler: str, r
     if not path.is_file():
         if not build:
             return None
-        compile_library(model_bytes, path, compiler)
+        compile_library(model_bytes, path, compiler, cancel)
         outcome = "compiled"
     predict = checked(CompiledPredictor(path, probe.shape[1], n_outputs), reference, probe)
     what = "compiled just now" if outcome == "compiled" else "reused from the model cache"
@@ -234,3 +254,12 @@ def prepare(model_bytes: bytes, version: str, cache_root: Path, compiler: str, r
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def _last_line(output: str, limit: int = 300) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "no message")[:limit]
+
+
+if __name__ == "__main__":
+    raise SystemExit(_compile_in_this_process(*sys.argv[1:4]))

@@ -48,7 +48,7 @@ class ServerMetrics:
             "(GetModelInfo's predictor_note says why)", ["model", "version", "predictor"], registry=r)
         self.compiles = Counter(
             "stellar_compiled_predictor_total", "compiled-predictor preparations by outcome (compiled, reused, "
-            "unavailable, failed, mismatch, skipped, off)", ["outcome"], registry=r)
+            "unavailable, failed, mismatch, cancelled, skipped, off)", ["outcome"], registry=r)
         self._http = None
         self.port: int | None = None
         self._info_labels: tuple | None = None

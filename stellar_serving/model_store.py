@@ -441,7 +441,7 @@ class ModelStore:
             return
         try:
             prepared = compiled.prepare(model_bytes, version, self.cache_root, self.config.compiled_compiler,
-                                        reference, probes, len(CLASSES))
+                                        reference, probes, len(CLASSES), cancel=self._stop)
         except Exception as exc:
             self.settle_predictor(version, None, self._compile_failed(version, exc))
             return

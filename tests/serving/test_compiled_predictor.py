@@ -142,7 +142,7 @@ def _gated_gcc(tmp_path: Path) -> tuple[str, Path, Path]:
     assert gcc, "these tests need gcc"
     cc = _script(tmp_path / "gated-gcc", f"""
 if [ "$1" = "--version" ]; then exec {gcc} --version; fi
-touch {started}
+echo $$ >> {started}
 waited=0
 while [ ! -e {gate} ]; do  # bounded: a failed test never leaves it waiting
   sleep 0.05; waited=$((waited + 1)); [ $waited -gt 6000 ] && exit 1
@@ -251,6 +251,33 @@ def test_a_late_compile_of_an_old_version_never_replaces_a_newer_model(start, sm
     # Offered again now, v1's predictor is refused: v2 stays.
     assert not server.store.settle_predictor("1", ready.predict_compiled, "late")
     assert server.store.current is ready
+
+
+def test_stopping_the_server_ends_a_compile_under_way(start, tmp_path):
+    cc, gate, started = _gated_gcc(tmp_path)
+    server = start(compiled_compiler=cc)
+    _wait_for(started)
+    compiler_pid = int(started.read_text().split()[0])
+    server.stop(grace=0.5)  # the gate stays shut: only the stop can end this compile
+    deadline = time.monotonic() + 60
+    while _alive(compiler_pid):
+        assert time.monotonic() < deadline, "the compiler outlived the server's stop"
+        time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while _compile_outcomes(server) != {"cancelled": 1.0}:
+        assert time.monotonic() < deadline, _compile_outcomes(server)
+        time.sleep(0.05)
+    gate.touch()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child nobody has waited for yet is a zombie: gone for this purpose.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
 def test_a_restart_reuses_the_compiled_library(start, small_registry, tmp_path):
