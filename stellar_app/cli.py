@@ -95,6 +95,20 @@ def ui(host: str, port: int) -> None:
     os.execv(dagster, [dagster, "dev", "-w", str(workspace), "-h", host, "-p", str(port)])
 
 
+@stellar.command()
+def settings() -> None:
+    """List every environment variable the application and the code location read, with its value
+    (secrets: only whether they are set); the server's: stellar serve --print-env."""
+    from stellar_app.settings import AppSettings
+    from stellar_assets.settings import CodeLocationSettings
+
+    for title, rows in (("application (stellar demo, ingest, ui)", AppSettings().describe()),
+                        ("code location (stellar_assets)", CodeLocationSettings().describe())):
+        click.echo(f"# {title}")
+        for name, shown, doc in rows:
+            click.echo(f"{name}={shown}  # {doc}")
+
+
 def _serving_command(name: str, text: str) -> None:
     @stellar.command(name=name, help=text, context_settings=PASS_THROUGH, add_help_option=False)
     @click.pass_context

@@ -15,7 +15,7 @@ import pandas as pd
 from stellar_app.home import prepare_home, serving_environment
 from stellar_app.ingest import say_source
 from stellar_app.runs import say
-from stellar_app.settings import AppSettings
+from stellar_app.settings import AppSettings, child_environment
 
 FEATURES = "observation_features"
 
@@ -68,7 +68,6 @@ def _free_port() -> int:
 
 def _serve_and_classify(settings: AppSettings, instance, n_objects: int = 6) -> int:
     """Start `stellar serve` as its own process on free ports and classify a few objects of the last weeks."""
-    import os
     import subprocess
     import sys
 
@@ -77,9 +76,9 @@ def _serve_and_classify(settings: AppSettings, instance, n_objects: int = 6) -> 
     from stellar_core.contract import CLASSES, MODEL_INPUTS
 
     port, metrics_port = _free_port(), _free_port()
-    env = {**os.environ, **serving_environment(settings), "STELLAR_GRPC_HOST": "127.0.0.1",
-           "STELLAR_GRPC_PORT": str(port), "STELLAR_METRICS_HOST": "127.0.0.1",
-           "STELLAR_METRICS_PORT": str(metrics_port)}
+    env = child_environment({**serving_environment(settings), "STELLAR_GRPC_HOST": "127.0.0.1",
+                             "STELLAR_GRPC_PORT": str(port), "STELLAR_METRICS_HOST": "127.0.0.1",
+                             "STELLAR_METRICS_PORT": str(metrics_port)})
     log_path = settings.home / "demo-server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "stellar_serving", "serve"], env=env, stdout=log, stderr=log)

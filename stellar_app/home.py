@@ -8,9 +8,7 @@ home's Dagster instance folder and sets the environment that the code location
 
 from __future__ import annotations
 
-import os
-
-from stellar_app.settings import AppSettings
+from stellar_app.settings import AppSettings, export_environment
 
 # The embedded instance: SQLite storage in DAGSTER_HOME (Dagster's default), no telemetry.
 # The repository root's dagster.yaml is the same instance for the default project home
@@ -27,7 +25,7 @@ def prepare_home(settings: AppSettings) -> dict[str, str]:
     if not instance_yaml.exists():
         instance_yaml.write_text(EMBEDDED_INSTANCE_YAML)
     exported = {"STELLAR_HOME": str(settings.home), "DAGSTER_HOME": str(dagster_dir)}
-    os.environ.update(exported)
+    export_environment(exported)
     return exported
 
 
@@ -38,4 +36,4 @@ def serving_environment(settings: AppSettings) -> dict[str, str]:
 
 def export_serving_environment(settings: AppSettings) -> None:
     """For `stellar serve` and friends run in this process."""
-    os.environ.update(serving_environment(settings))
+    export_environment(serving_environment(settings))

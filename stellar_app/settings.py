@@ -2,15 +2,21 @@
 
 The code location and the prediction server have their own settings; the app only
 reads what it needs to place the project home and choose the replay's range, and
-passes the home on to the code location and the processes it starts (stellar_app.home).
+passes the home on to the code location and the processes it starts (stellar_app.home,
+through export_environment and child_environment: the app's only other touches of the
+environment).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+SECRET_FIELDS = {"mlflow_tracking_uri"}
 
 
 class AppSettings(BaseSettings):
@@ -30,6 +36,15 @@ class AppSettings(BaseSettings):
     stellar_replay_first_week: str | None = Field(None, description="first week `stellar demo` replays")
     stellar_replay_last_week: str | None = Field(None, description="last week `stellar demo` replays")
 
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, value shown, what it is); the tracking URI may hold credentials: only set or not."""
+        rows = []
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            shown = "(unset)" if value is None else "(set)" if name in SECRET_FIELDS else str(value)
+            rows.append((name.upper(), shown, info.description or ""))
+        return rows
+
     @property
     def home(self) -> Path:
         return self.stellar_home.resolve()
@@ -45,3 +60,13 @@ class AppSettings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return self.stellar_model_cache_dir or self.home / "model-cache"
+
+
+def export_environment(values: dict[str, str]) -> None:
+    """Set variables for the code location imported in this process and every process it starts."""
+    os.environ.update(values)
+
+
+def child_environment(values: dict[str, str]) -> dict[str, str]:
+    """The environment of a process the app starts: this one's, with `values` on top."""
+    return {**os.environ, **values}

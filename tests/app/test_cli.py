@@ -19,7 +19,9 @@ SERVING = ("serve", "classify", "model-info", "reload")
 
 
 def own_commands() -> list[click.Command]:
-    return [command for name, command in stellar.commands.items() if name not in SERVING]
+    """The commands with options of their own (the serving ones hand theirs to the server's parser)."""
+    return [command for name, command in stellar.commands.items()
+            if name not in SERVING and any(isinstance(p, click.Option) for p in command.params)]
 
 
 @pytest.mark.parametrize("command", own_commands(), ids=lambda c: c.name)
@@ -28,7 +30,6 @@ def test_every_option_has_help_text_and_a_default_shown_when_it_has_one(command)
     assert shown.exit_code == 0, shown.output
     page = " ".join(shown.output.split())  # help text is wrapped
     options = [p for p in command.params if isinstance(p, click.Option)]
-    assert options
     for option in options:
         assert option.help, f"stellar {command.name} {option.opts[0]} has no help text"
         assert option.opts[0] in page
@@ -43,7 +44,7 @@ def test_the_installed_entry_point_is_this_cli_and_prints_the_version():
 
 
 def test_the_readme_commands_are_all_there():
-    assert set(stellar.commands) == {"demo", "ingest", "ui", *SERVING}
+    assert set(stellar.commands) == {"demo", "ingest", "ui", "settings", *SERVING}
     demo = {o.opts[0] for o in stellar.commands["demo"].params}
     ingest = {o.opts[0] for o in stellar.commands["ingest"].params}
     assert demo == {"--first-week", "--last-week", "--whole-survey"}
@@ -69,3 +70,13 @@ def test_serving_commands_reach_the_servers_own_parser(name, capsys):
 def test_a_serving_command_names_a_bad_flag(capsys):
     assert main(["classify", "--no-such-flag"]) == 2
     assert "--no-such-flag" in capsys.readouterr().err
+
+
+def test_settings_lists_the_apps_and_the_code_locations_variables_without_secret_values(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:pw-123@mlflow:5000")
+    monkeypatch.setenv("STELLAR_REPLAY_FIRST_WEEK", "2010-01-03")
+    shown = CliRunner().invoke(stellar, ["settings"], prog_name="stellar")
+    assert shown.exit_code == 0, shown.output
+    assert "STELLAR_REPLAY_FIRST_WEEK=2010-01-03" in shown.output
+    assert "MLFLOW_TRACKING_URI=(set)" in shown.output and "pw-123" not in shown.output
+    assert "STELLAR_TRAINING_WINDOW_WEEKS=" in shown.output  # a code location setting
