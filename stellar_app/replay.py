@@ -413,11 +413,17 @@ def run_summary(timeline: pd.DataFrame, first: str, last: str, elapsed: float) -
             f"for {int((timeline['times_predicted'] > 0).sum())} weeks{per_week}")
 
 
-def print_timeline(timeline: pd.DataFrame, say: Callable[[str], None] = print) -> None:
+def print_timeline(timeline: pd.DataFrame, say: Callable[[str], None] = print, max_rows: int = 80) -> None:
+    """The weeks with predicted spectra or a retraining; beyond `max_rows` such weeks (a long replay),
+    only the retraining weeks (timeline.csv holds every week)."""
     initial = timeline.attrs.get("initial_champion") or {}
     if initial:
         say(f"initial champion v{initial['version']} trained on {initial['first_week']}..{initial['last_week']}")
     shown = timeline[(timeline["rows"] > 0) | timeline["retrained"]]
+    if len(shown) > max_rows:
+        say(f"{len(shown)} weeks with spectra: only the {int(timeline['retrained'].sum())} retraining weeks "
+            "shown (every week in timeline.csv)")
+        shown = timeline[timeline["retrained"]]
     say(f"{'week':<11}{'rows':>5} {'model':>6} {'accuracy':>9}  {'drift':<16}{'flags':<40}{'retraining':<12}")
     for row in shown.itertuples():
         accuracy = "" if pd.isna(row.accuracy) else f"{row.accuracy:.3f}"
