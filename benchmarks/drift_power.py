@@ -14,6 +14,7 @@ whether the 2008/2009 (SEGUE) and 2014 (eBOSS) era changes are caught.
 
     .venv/bin/python benchmarks/drift_power.py            # both parts
     .venv/bin/python benchmarks/drift_power.py --weeks 100 --part simulator
+    .venv/bin/python benchmarks/drift_power.py --smoke    # seconds: 2 weeks per cell, simulator only
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from stellar_core.weeks import Week, week_keys_for_mjds  # noqa: E402
 PARAMS = XGBoostParams(n_estimators=60, max_depth=4, learning_rate=0.2, nthread=1)
 SCENARIOS = ("feature_shift", "missing_values", "class_mix", "combined")
 INTENSITIES = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+# --smoke: every scenario and intensity still runs (the whole table prints), on tiny sizes.
+SMOKE_WEEKS = 1
+SMOKE_REFERENCE_WEEKS = 26
 
 
 def weeks_from(start: str, count: int) -> list[str]:
@@ -85,9 +89,10 @@ def windowed_raw(weeks: list[str], drift: Drift, seed: int, thresholds: DriftThr
     return pd.concat([frames[w] for w in chosen], ignore_index=True), len(chosen)
 
 
-def simulator_power(n_weeks: int, thresholds: DriftThresholds) -> dict:
+def simulator_power(n_weeks: int, thresholds: DriftThresholds, reference_weeks: int = 104) -> dict:
     started = time.perf_counter()
-    champion = Champion(pd.concat([simulate_week(w) for w in weeks_from("2010-01-03", 104)], ignore_index=True))
+    reference = [simulate_week(w) for w in weeks_from("2010-01-03", reference_weeks)]
+    champion = Champion(pd.concat(reference, ignore_index=True))
     evaluated = weeks_from("2012-01-01", n_weeks)
     results: dict = {"champion_test_accuracy": champion.accuracy, "weeks_per_cell": n_weeks, "cells": []}
 
@@ -170,11 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("simulator", "real", "both"), default="both")
     parser.add_argument("--csv", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss17_sample.csv.gz"))
     parser.add_argument("--out", default="", help="write the JSON results here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds, to check the script runs: simulator part only, "
+                             f"{SMOKE_WEEKS} weeks per cell, a {SMOKE_REFERENCE_WEEKS}-week reference")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.weeks, args.part = SMOKE_WEEKS, "simulator"
     thresholds = DriftThresholds()
     out: dict = {"thresholds": thresholds.as_dict()}
     if args.part in ("simulator", "both"):
-        sim = simulator_power(args.weeks, thresholds)
+        sim = simulator_power(args.weeks, thresholds, SMOKE_REFERENCE_WEEKS if args.smoke else 104)
         out["simulator"] = sim
         print(f"Simulator ({args.weeks} weeks per cell, ~30 rows/week, champion test accuracy {sim['champion_test_accuracy']:.3f}, "
               f"{sim['seconds']:.0f} s)")

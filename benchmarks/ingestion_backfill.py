@@ -1,6 +1,7 @@
 """Backfill of every SDSS week through Dagster vs. the same work in plain pandas.
 
     .venv/bin/python benchmarks/ingestion_backfill.py [--csv PATH]
+    .venv/bin/python benchmarks/ingestion_backfill.py --smoke    # seconds: the first weeks only
 
 Prints wall times and their ratio, both measured in this run:
 - baseline: read the CSV and build the feature table in plain pandas (no Dagster,
@@ -31,6 +32,8 @@ from stellar_assets.resources.sources import ObservationSource  # noqa: E402
 from stellar_core.features import build_features  # noqa: E402
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss17_sample.csv.gz"
+# --smoke: both Dagster runs cover only this many first weeks.
+SMOKE_WEEKS = 3
 
 
 def plain_pandas(csv: Path) -> tuple[float, int]:
@@ -39,8 +42,7 @@ def plain_pandas(csv: Path) -> tuple[float, int]:
     return time.perf_counter() - started, len(table)
 
 
-def backfill(csv: Path, instance: dg.DagsterInstance, store: Path) -> float:
-    keys = observation_weeks.get_partition_keys()
+def backfill(csv: Path, instance: dg.DagsterInstance, store: Path, keys: list[str]) -> float:
     started = time.perf_counter()
     result = dg.materialize(
         INGESTION_ASSETS, instance=instance,
@@ -54,17 +56,24 @@ def backfill(csv: Path, instance: dg.DagsterInstance, store: Path) -> float:
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    args = parser.parse_args()
-    weeks = len(observation_weeks.get_partition_keys())
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="SDSS17 CSV (default: the shared sample)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"seconds, to check the script runs: the Dagster runs cover the first {SMOKE_WEEKS} weeks")
+    args = parser.parse_args(argv)
+    if not args.csv.exists():
+        parser.error(f"{args.csv} does not exist (the shared sample lives in ../shared/data beside the checkout)")
+    keys = observation_weeks.get_partition_keys()
+    if args.smoke:
+        keys = keys[:SMOKE_WEEKS]
+    weeks = len(keys)
     pandas_seconds, rows = plain_pandas(args.csv)
     with tempfile.TemporaryDirectory() as tmp:
-        sqlite_seconds = backfill(args.csv, dg.DagsterInstance.local_temp(tmp), Path(tmp) / "store")
+        sqlite_seconds = backfill(args.csv, dg.DagsterInstance.local_temp(tmp), Path(tmp) / "store", keys)
     with tempfile.TemporaryDirectory() as tmp:
-        memory_seconds = backfill(args.csv, dg.DagsterInstance.ephemeral(), Path(tmp) / "store")
-    print(f"input: {args.csv} ({rows} rows, {weeks} weeks)")
+        memory_seconds = backfill(args.csv, dg.DagsterInstance.ephemeral(), Path(tmp) / "store", keys)
+    print(f"input: {args.csv} ({rows} rows, {weeks} weeks backfilled)")
     print(f"plain pandas read + featurize:           {pandas_seconds:8.2f} s   (baseline)")
     print(f"Dagster backfill, one run, SQLite:       {sqlite_seconds:8.2f} s   x{sqlite_seconds / pandas_seconds:,.0f}")
     print(f"Dagster backfill, one run, in-memory:    {memory_seconds:8.2f} s   x{memory_seconds / pandas_seconds:,.0f}")
