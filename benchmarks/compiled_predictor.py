@@ -23,6 +23,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the server sets it before loading xgboost
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -78,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_bytes = bytes(booster.save_raw(raw_format="ubj"))
         path = compiled.library_path(Path(tmp), "1", model_bytes, args.compiler)
-        start = time.perf_counter()
+        start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         compiled.compile_library(model_bytes, path, args.compiler)
         compile_seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the compile child and its compilers
+        compile_cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         fast = compiled.CompiledPredictor(path, rows.shape[1], 3)
         worst = compiled.max_difference(fast, xgb_one, rows[:2000])
         results: dict[tuple[str, int], list[float]] = {}
@@ -93,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                                       ("compiled", fast)):
                     results.setdefault((name, size), []).append(median_call_seconds(predict, chunks))
 
-    print(f"\n{args.model_rounds}-round model, {os.cpu_count()} CPUs; compile: {compile_seconds:.1f} s "
-          f"(nice {compiled.COMPILE_NICENESS}); max |compiled - xgboost| on 2000 rows: {worst:.2g}\n")
+    print(f"\n{args.model_rounds}-round model, {os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f}; "
+          f"compile: {compile_seconds:.1f} s wall, {compile_cpu:.1f} s CPU (at nice {compiled.COMPILE_NICENESS}); "
+          f"max |compiled - xgboost| on 2000 rows: {worst:.2g}\n")
     print(f"{'rows':>5} {'xgboost 1 thread':>17} {'xgboost all cores':>18} {'compiled':>10} {'compiled/best xgb':>18}")
     for size in SIZES:
         ms = {name: 1e3 * float(np.median(results[(name, size)]))

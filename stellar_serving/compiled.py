@@ -69,7 +69,7 @@ class CompileFailed(RuntimeError):
 @dataclass(frozen=True)
 class Prepared:
     predict: Predict
-    note: str  # one sentence for GetModelInfo
+    note: str  # what answers, for GetModelInfo
     outcome: str  # "compiled" (built now) or "reused" (found in the cache)
 
 
@@ -247,8 +247,8 @@ def prepare(model_bytes: bytes, version: str, cache_root: Path, compiler: str, r
         outcome = "compiled"
     predict = checked(CompiledPredictor(path, probe.shape[1], n_outputs), reference, probe)
     what = "compiled just now" if outcome == "compiled" else "reused from the model cache"
-    return Prepared(predict, f"compiled trees (tl2cgen, {what}) answer requests of fewer rows than the "
-                             f"threshold; XGBoost answers larger ones", outcome)
+    return Prepared(predict, f"compiled trees (tl2cgen, {what}, within {PROBE_TOLERANCE:g} of XGBoost "
+                             f"on probe rows)", outcome)
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

@@ -22,7 +22,8 @@
 - Small requests (fewer than STELLAR_COMPILED_MAX_ROWS rows) go to the
   version's trees compiled to C (compiled.py) once they are ready: a library
   in the model cache is loaded with the version; otherwise XGBoost answers
-  while one compile thread builds it, then `settle_predictor` swaps in a copy
+  while the compile thread builds one (in a child process that stop() ends),
+  then `settle_predictor` swaps in a copy
   of the same LoadedModel with the compiled predictor, only while that version
   is still the one served and still waiting for it (a late compile never
   replaces a newer model). `predictor` and `predictor_note` say which one
@@ -417,8 +418,9 @@ class ModelStore:
         return self._compiled_copy(model, prepared.predict, prepared.note), None
 
     def _compiled_copy(self, model: LoadedModel, predict: Predict, note: str) -> LoadedModel:
-        return replace(model, predict_compiled=predict, compiled_max_rows=self.config.compiled_max_rows,
-                       predictor=PREDICTOR_COMPILED, predictor_note=note)
+        rows = self.config.compiled_max_rows
+        return replace(model, predict_compiled=predict, compiled_max_rows=rows, predictor=PREDICTOR_COMPILED,
+                       predictor_note=f"{note} answer requests of fewer than {rows} rows; XGBoost answers larger ones")
 
     def _compile_later(self, job: Callable[[], None] | None) -> None:
         if job is None:
