@@ -10,6 +10,8 @@ consecutive weeks in as few runs as possible.
 """
 
 
+import base64
+import io
 import json
 import tempfile
 import time
@@ -19,12 +21,20 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from stellar_assets.checks import WeekCheck, percent, rounded, week_check_events, weekly_check_spec
 from stellar_assets.monitoring.resources import PREDICTIONS_TABLE, ServerUnreachable
 from stellar_assets.monitoring.serving_metrics import parse_metrics, week_figures
 from stellar_assets.partitions import observation_weeks
 from stellar_assets.resources.io_managers import ROW_COUNT_FIELD
 from stellar_core.contract import CLASSES
-from stellar_core.drift import DRIFT_FAMILIES, NOT_ENOUGH_DATA, build_drift_report, choose_window, summary_markdown
+from stellar_core.drift import (
+    DRIFT_FAMILIES,
+    NOT_ENOUGH_DATA,
+    DriftThresholds,
+    build_drift_report,
+    choose_window,
+    summary_markdown,
+)
 from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix
 from stellar_core.model_bundle import ModelBundle
 from stellar_core.plots import distribution_figure
@@ -45,12 +55,23 @@ from stellar_mlflow.registry import champion_as_of, load_bundle
 from stellar_mlflow.runs import ensure_experiment, log_report_run
 
 MAX_TRAILING_WEEKS = 4  # the drift window mapping; DriftSettings.trailing_weeks may only lower it
-CHECK_DESCRIPTIONS = {
-    "data_drift": "No feature's distribution moved beyond its test's threshold (KS below 1000 rows, PSI above).",
-    "prediction_drift": "Predicted class mix inside [10%, 90%] per class and close to the champion's reference mix.",
-    "performance_drift": "Accuracy on the week's labels within 5 points of the champion's test accuracy.",
-    "rejected_rows": "Share of rejected (missing or unphysical) rows not above the reference share.",
-}
+def check_descriptions(t: DriftThresholds) -> dict[str, str]:
+    """What each drift check tests, with the thresholds of `t` (the specs show the defaults)."""
+    return {
+        "data_drift": f"No feature's distribution moved beyond its test's threshold (drift: below "
+        f"{t.large_sample_rows} rows Kolmogorov-Smirnov p < {t.ks_alpha} shared by all features (Bonferroni), "
+        f"from {t.large_sample_rows} rows PSI >= {t.psi_threshold}).",
+        "prediction_drift": f"Predicted class mix inside [{percent(t.class_share_low)}, {percent(t.class_share_high)}] "
+        f"per class and close to the champion's reference mix (chi-square p >= {t.class_mix_alpha} or total "
+        f"variation below {t.class_mix_min_distance}).",
+        "performance_drift": f"Accuracy on the week's labels not below the champion's test accuracy by more than "
+        f"{rounded(100 * t.accuracy_drop)} points (one-sided p < {t.performance_alpha}).",
+        "rejected_rows": f"Share of rejected (missing or unphysical) rows not above the reference share by more "
+        f"than {rounded(100 * t.rejected_rise)} points (one-sided p < {t.rejected_alpha}).",
+    }
+
+
+CHECK_DESCRIPTIONS = check_descriptions(DriftThresholds())
 
 
 # ---------------------------------------------------------------- champions
@@ -179,38 +200,37 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
                                          allow_nonexistent_upstream_partitions=True)
 
 
-def _check_results(reports: dict[str, dict]) -> list[dg.AssetCheckResult]:
-    """One result per family for the weeks of this run: which weeks and features, by how much, which threshold."""
-    results = []
-    for family in DRIFT_FAMILIES:
-        flagged = {w: r for w, r in reports.items() if r["flags"].get(family)}
-        short = [w for w, r in reports.items() if r["status"] == NOT_ENOUGH_DATA]
-        lines = []
-        for week, report in flagged.items():
-            if family == "data_drift":
-                detail = ", ".join(
-                    f"{f['feature']} ({f['test']} {f['statistic']:.3f}, {f['threshold']}; {f['wasserstein_sd']:.2f} sd)"
-                    for f in report["features"] if f["drifted"])
-            else:
-                part = {"prediction_drift": "prediction", "performance_drift": "performance",
-                        "rejected_rows": "rejected"}[family]
-                detail = f"{report[part].get('reason')} (threshold: {report[part].get('threshold')})"
-            lines.append(f"- {week} (weeks {report['window'][0]}..{report['window'][-1]}): {detail}")
-        if flagged:
-            description = f"{family.replace('_', ' ')} in {len(flagged)} of {len(reports)} week(s): " + "; ".join(flagged)
-        elif len(short) == len(reports):
-            description = f"not enough data in {', '.join(short)}: nothing tested, no alarm"
-        else:
-            description = f"no {family.replace('_', ' ')} in {len(reports) - len(short)} tested week(s)" + (
-                f"; not enough data in {len(short)}" if short else "")
-        metadata = {"weeks_flagged": dg.MetadataValue.json(sorted(flagged)),
-                    "weeks_not_enough_data": dg.MetadataValue.json(short)}
-        if lines:
-            metadata["details"] = dg.MetadataValue.md("\n".join(lines))
-        results.append(dg.AssetCheckResult(check_name=family, asset_key="drift_report", passed=not flagged,
-                                           severity=dg.AssetCheckSeverity.WARN, description=description[:2000],
-                                           metadata=metadata))
-    return results
+FAMILY_PARTS = {"prediction_drift": "prediction", "performance_drift": "performance", "rejected_rows": "rejected"}
+
+
+def _check_results(reports: dict[str, dict]) -> list[WeekCheck]:
+    """One verdict per family and week: which features, by how much, which threshold (warnings only)."""
+    return [_week_check(family, week, report) for week, report in reports.items() for family in DRIFT_FAMILIES]
+
+
+def _week_check(family: str, week: str, report: dict) -> WeekCheck:
+    words = family.replace("_", " ")
+    window = f"weeks {report['window'][0]}..{report['window'][-1]}" if report.get("window") else "no weeks"
+    flagged = bool(report["flags"].get(family))
+    metadata = {"status": report["status"], "weeks_tested": dg.MetadataValue.json(report.get("window", []))}
+    if report["status"] == NOT_ENOUGH_DATA:
+        description = f"not enough data in {week} ({window}): nothing tested, no alarm"
+    else:
+        detail = _family_detail(family, report)
+        metadata["details"] = dg.MetadataValue.md(detail)
+        description = f"{words} in {week} ({window}): {detail}" if flagged else f"no {words} in {week} ({window})"
+    return WeekCheck(family, week, passed=not flagged, description=description, metadata=metadata,
+                     severity=dg.AssetCheckSeverity.WARN)
+
+
+def _family_detail(family: str, report: dict) -> str:
+    if family == "data_drift":
+        drifted = [f for f in report.get("features", []) if f["drifted"]]
+        return ", ".join(
+            f"{f['feature']} ({f['test']} {rounded(f['statistic'])}, {f['threshold']}; "
+            f"{rounded(f['wasserstein_sd'])} sd)" for f in drifted) or "no feature moved beyond its threshold"
+    part = report.get(FAMILY_PARTS[family], {})
+    return f"{part.get('reason')} (threshold: {part.get('threshold')})"
 
 
 @dg.asset(
@@ -229,7 +249,7 @@ def _check_results(reports: dict[str, dict]) -> list[dg.AssetCheckResult]:
     # A re-run never replaces a report with one on fewer of the week's own rows. (Not the rows
     # tested: a week that grows past min_rows is tested alone, on fewer rows, and rightly so.)
     metadata={ROW_COUNT_FIELD: "rows_week"},
-    check_specs=[dg.AssetCheckSpec(name, asset="drift_report", description=text, blocking=False)
+    check_specs=[weekly_check_spec("drift_report", name, text, blocking=False)
                  for name, text in CHECK_DESCRIPTIONS.items()],
     description="Week W (or W and up to 3 earlier weeks when W alone has too few rows) against the champion's "
     "training data: per-feature data drift, prediction drift, performance drift and rejected rows. JSON report "
@@ -309,10 +329,11 @@ def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFr
         }
         accuracy = report.get("performance", {}).get("accuracy")
         if accuracy is not None:
-            metadata["accuracy"] = dg.MetadataValue.float(float(accuracy))
+            metadata["accuracy"] = dg.MetadataValue.float(rounded(float(accuracy)))  # the JSON keeps every digit
         if len(current):
             figures = {DRIFT_PLOT: distribution_figure(reference["features"], current, report, title)} \
                 if settings.plots and report["features"] else {}
+            plot = _plot_markdown(figures[DRIFT_PLOT], title) if figures else ""  # before MLflow closes the figure
             run_id, artifact_uri = log_report_run(
                 client, experiment_id, f"drift {week}",
                 tags={TAG_WEEK: week, TAG_ASSET: "drift_report", TAG_CHAMPION_VERSION: str(version.version),
@@ -325,14 +346,23 @@ def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFr
             metadata["mlflow_run"] = dg.MetadataValue.url(registry.run_url(experiment_id, run_id))
             metadata["report_json"] = dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_REPORT_ARTIFACT}")
             if figures:
-                metadata["distribution_plot"] = dg.MetadataValue.text(f"{artifact_uri}/drift/distributions.png")
+                run_url = registry.run_url(experiment_id, run_id)
+                metadata["distribution_plot"] = dg.MetadataValue.md(f"{plot}\n\n[{DRIFT_PLOT} in MLflow]({run_url})")
+                metadata["distribution_plot_uri"] = dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_PLOT}")
             report["mlflow_run_id"] = run_id
         else:
             metadata["note"] = "no rows in the window: nothing to test or log"
         context.add_asset_metadata(metadata, partition_key=week)
         reports[week] = json.loads(json.dumps(report, default=_json_default))
-    yield from _check_results(reports)
     yield dg.Output(reports if len(keys) > 1 else reports[keys[0]])
+    yield from week_check_events(context, _check_results(reports), materialized=True)  # each week's new one
+
+
+def _plot_markdown(figure, title: str) -> str:
+    """The figure inline, as a PNG data URI: the Dagster UI's markdown shows it (a file:// path it cannot)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=72)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
 def _weeks_back(week: str, n: int) -> str:

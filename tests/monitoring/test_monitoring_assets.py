@@ -82,14 +82,15 @@ def test_drift_report_flags_the_segue_weeks_and_says_not_enough_data_for_small_o
     assert small["rows_tested"] < 30 and len(small["weeks_tested"]) == 4
     assert "not enough data" in small["summary"]
 
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    prediction = checks["prediction_drift"]
+    checks = {(c.check_name, c.partition): c for c in result.get_asset_check_evaluations()}  # one per week
+    prediction = checks["prediction_drift", DRIFT_WEEK]
     assert not prediction.passed and prediction.severity == dg.AssetCheckSeverity.WARN
     assert DRIFT_WEEK in prediction.description and STABLE not in prediction.description
     details = prediction.metadata["details"].value
-    assert DRIFT_WEEK in details and ("outside [10%, 90%]" in details or "chi-square" in details)
-    assert SMALL_WEEK in prediction.metadata["weeks_not_enough_data"].value
-    data = checks["data_drift"]  # which features, the statistic, the threshold, by how much
+    assert "outside [10%, 90%]" in details or "chi-square" in details
+    small_week = checks["prediction_drift", SMALL_WEEK]
+    assert small_week.passed and small_week.metadata["status"].value == "not_enough_data"
+    data = checks["data_drift", DRIFT_WEEK]  # which features, the statistic, the threshold, by how much
     assert not data.passed and "data_drift" in drift["failed_checks"]
     assert "(ks " in data.metadata["details"].value and "p < 0.00077" in data.metadata["details"].value
     assert " sd)" in data.metadata["details"].value
@@ -112,7 +113,7 @@ def test_drift_plots_are_logged_to_mlflow(platform, champion_name):
                             selection=["batch_predictions", "drift_report"], resources=resources,
                             partition_key=DRIFT_WEEK, instance=dg.DagsterInstance.ephemeral())
     metadata = metadata_of(result, "drift_report")
-    assert metadata["distribution_plot"].endswith("drift/distributions.png")
+    assert metadata["distribution_plot_uri"].endswith("drift/distributions.png")
     run_id = metadata["mlflow_run"].rsplit("/", 1)[-1]
     files = {f.path for f in MlflowClient(platform.tracking_uri).list_artifacts(run_id, "drift")}
     assert files == {"drift/distributions.png", "drift/drift_report.json"}
