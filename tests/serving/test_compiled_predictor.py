@@ -94,9 +94,9 @@ def libraries(small_registry, tmp_path_factory) -> dict[str, compiled.Prepared]:
 
 @pytest.fixture
 def start(make_server, small_registry):
-    """make_server against the small registry."""
+    """make_server against the small registry, compiled predictor on unless a test says otherwise."""
     def start_server(**overrides):
-        return make_server(tracking_uri=small_registry.tracking_uri, **overrides)
+        return make_server(tracking_uri=small_registry.tracking_uri, **{"compiled_predictor": "auto", **overrides})
     return start_server
 
 

@@ -93,7 +93,7 @@ def test_reload_rpc_and_alias_polling_swap_the_champion(make_server, registry):
 
 def test_swap_under_concurrent_load_fails_nothing_and_never_mixes_models(make_server, registry, sample_inputs):
     registry.set_champion("1")
-    server = make_server(max_workers=12)
+    server = make_server(max_workers=12, compiled_predictor="auto")
     assert not np.allclose(registry.expected("1", sample_inputs[:200]), registry.expected("2", sample_inputs[:200]))
     stop = threading.Event()
     answers: list[tuple[str, np.ndarray, np.ndarray]] = []  # (version, inputs, probabilities)
