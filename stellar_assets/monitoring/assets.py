@@ -13,20 +13,21 @@ consecutive weeks in as few runs as possible.
 import base64
 import io
 import json
-import tempfile
 import time
+from dataclasses import dataclass
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from stellar_assets.checks import WeekCheck, percent, rounded, week_check_events, weekly_check_spec
-from stellar_assets.monitoring.resources import PREDICTIONS_TABLE, ServerUnreachable
+from stellar_assets.monitoring.resources import PREDICTIONS_TABLE, DriftSettings, ServerUnreachable
+from stellar_assets.monitoring.champions import Champions, Reference, predict_table
+from stellar_assets.monitoring.evidence import champion_degradation
 from stellar_assets.monitoring.serving_metrics import parse_metrics, week_figures
 from stellar_assets.partitions import observation_weeks
 from stellar_assets.resources.io_managers import ROW_COUNT_FIELD
-from stellar_core.contract import CLASSES
+from stellar_core.contract import CLASSES, class_counts
 from stellar_core.drift import (
     DRIFT_FAMILIES,
     NOT_ENOUGH_DATA,
@@ -35,8 +36,7 @@ from stellar_core.drift import (
     choose_window,
     summary_markdown,
 )
-from stellar_core.features import FEATURE_NAMES, LABEL, feature_matrix
-from stellar_core.model_bundle import ModelBundle
+from stellar_core.features import FEATURE_NAMES, LABEL
 from stellar_core.plots import distribution_figure
 from stellar_core.weeks import Week, week_keys_for_mjds
 from stellar_mlflow.names import (
@@ -51,10 +51,11 @@ from stellar_mlflow.names import (
     TAG_WINDOW_FIRST,
     TAG_WINDOW_LAST,
 )
-from stellar_mlflow.registry import champion_as_of, load_bundle
 from stellar_mlflow.runs import ensure_experiment, log_report_run
 
 MAX_TRAILING_WEEKS = 4  # the drift window mapping; DriftSettings.trailing_weeks may only lower it
+
+
 def check_descriptions(t: DriftThresholds) -> dict[str, str]:
     """What each drift check tests, with the thresholds of `t` (the specs show the defaults)."""
     return {
@@ -74,65 +75,10 @@ def check_descriptions(t: DriftThresholds) -> dict[str, str]:
 CHECK_DESCRIPTIONS = check_descriptions(DriftThresholds())
 
 
-# ---------------------------------------------------------------- champions
-
-class Champions:
-    """Champion versions, bundles, test accuracy and reference data, loaded once per run."""
-
-    def __init__(self, client: MlflowClient, model_name: str):
-        self.client, self.model_name = client, model_name
-        self._bundles: dict[str, ModelBundle] = {}
-        self._references: dict[str, dict] = {}
-
-    def as_of(self, week: str):
-        version = champion_as_of(self.client, self.model_name, week)
-        if version is None:
-            raise dg.Failure(description=(
-                f"no champion as of {week}: no promoted version of {self.model_name} trained only on weeks "
-                f"before {week}. Run train_and_promote for an earlier week first."))
-        last = (version.tags or {}).get(TAG_WINDOW_LAST, "")
-        if not last or last >= week:  # no peeking: a model that saw W never predicts W
-            raise dg.Failure(description=f"v{version.version} trained through {last!r}, not before {week}")
-        return version
-
-    def bundle(self, version) -> ModelBundle:
-        key = str(version.version)
-        if key not in self._bundles:
-            with tempfile.TemporaryDirectory(prefix="stellar-monitoring-") as tmp:
-                self._bundles[key] = load_bundle(self.client, version, tmp)
-        return self._bundles[key]
-
-    def test_accuracy(self, version) -> float | None:
-        return self.client.get_run(version.run_id).data.metrics.get("accuracy")
-
-
-def predict_table(bundle: ModelBundle, table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    if not len(table):
-        return np.empty((0, len(CLASSES)), dtype=np.float32), []
-    proba = bundle.predict_proba_features(feature_matrix(table))
-    return proba, [CLASSES[k] for k in proba.argmax(axis=1)]
-
-
-def load_partitions(io_manager, asset: str, first: str, last: str) -> pd.DataFrame:
-    """Stored partitions first..last of `asset` as one DataFrame (weeks never stored are skipped)."""
-    context = dg.build_input_context(
-        asset_key=dg.AssetKey(asset), asset_partitions_def=observation_weeks,
-        asset_partition_key_range=dg.PartitionKeyRange(first, last),
-        definition_metadata={"allow_missing_partitions": True},
-    )
-    value = io_manager.load_input(context)
-    return value if isinstance(value, pd.DataFrame) else pd.DataFrame()
-
-
 def _weeks_of_raw(raw: pd.DataFrame) -> pd.Series:
     if raw.empty or "MJD" not in raw.columns:
         return pd.Series([], dtype=str, index=raw.index)
     return pd.Series(week_keys_for_mjds(raw["MJD"].to_numpy()), index=raw.index)
-
-
-def _mix(classes) -> dict[str, int]:
-    counts = pd.Series(list(classes), dtype=object).value_counts()
-    return {c: int(counts.get(c, 0)) for c in CLASSES}
 
 
 # ---------------------------------------------------------------- batch_predictions
@@ -185,7 +131,7 @@ def batch_predictions(context: dg.AssetExecutionContext, observation_features: p
         context.add_asset_metadata({
             **metadata,
             "rows": dg.MetadataValue.int(len(frame)),
-            "class_mix": dg.MetadataValue.json(_mix(frame["predicted_class"])),
+            "class_mix": dg.MetadataValue.json(class_counts(frame["predicted_class"])),
             "model_version": dg.MetadataValue.text(str(version.version)),
             "model_training_window": f"{tags.get(TAG_WINDOW_FIRST)}..{tags.get(TAG_WINDOW_LAST)}",
             "predictions_table": PREDICTIONS_TABLE,
@@ -245,7 +191,7 @@ def _family_detail(family: str, report: dict) -> str:
         "raw_observations": dg.AssetIn(partition_mapping=_window_mapping(),
                                        metadata={"allow_missing_partitions": True}),
     },
-    required_resource_keys={"model_registry", "drift_settings", "io_manager"},
+    required_resource_keys={"model_registry", "drift_settings", "io_manager", "predictions_db"},
     # A re-run never replaces a report with one on fewer of the week's own rows. (Not the rows
     # tested: a week that grows past min_rows is tested alone, on fewer rows, and rightly so.)
     metadata={ROW_COUNT_FIELD: "rows_week"},
@@ -258,104 +204,156 @@ def _family_detail(family: str, report: dict) -> str:
 def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFrame,
                  observation_features: pd.DataFrame, raw_observations: pd.DataFrame):
     keys = list(context.partition_keys)
-    settings = context.resources.drift_settings
-    thresholds = settings.thresholds()
-    if thresholds.trailing_weeks > MAX_TRAILING_WEEKS:
-        raise dg.Failure(description=f"drift_settings.trailing_weeks={thresholds.trailing_weeks} exceeds the "
-                         f"{MAX_TRAILING_WEEKS} weeks the asset loads")
-    registry = context.resources.model_registry
-    client = registry.client()
-    champions = Champions(client, registry.model_name)
-    experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_root)
-
-    features = observation_features if len(observation_features) else pd.DataFrame(columns=["week", *FEATURE_NAMES])
-    raw_weeks = _weeks_of_raw(raw_observations)
-    predictions = batch_predictions if len(batch_predictions) else pd.DataFrame(columns=["week", "model_version"])
-    week_rows = features.groupby("week").size().to_dict()
-
+    run = _DriftRun.start(context)
+    weeks = _WeekData(observation_features, raw_observations, batch_predictions)
     reports: dict[str, dict] = {}
     for week in keys:
-        stored = predictions.loc[predictions["week"] == week, "model_version"].unique()
-        version = champions.as_of(week)
-        if len(stored) and str(stored[0]) != str(version.version):
-            raise dg.Failure(description=f"batch_predictions[{week}] came from v{stored[0]} but the champion as of "
-                             f"{week} is v{version.version}: re-materialize batch_predictions first")
-        candidates = [k for k in observation_weeks.get_partition_keys_in_range(
-            dg.PartitionKeyRange(_weeks_back(week, thresholds.trailing_weeks - 1), week))]
-        window = choose_window({k: int(week_rows.get(k, 0)) for k in candidates}, week, thresholds)
-        current = features.loc[features["week"].isin(window)].reset_index(drop=True)
-        raw_in = int(raw_weeks.isin(window).sum())
-        reference_key = str(version.version)
-        if reference_key not in champions._references:
-            first, last = (version.tags or {}).get(TAG_WINDOW_FIRST), version.tags[TAG_WINDOW_LAST]
-            io_manager = context.resources.io_manager
-            ref_features = load_partitions(io_manager, "observation_features", first, last)
-            ref_raw = load_partitions(io_manager, "raw_observations", first, last)
-            if ref_features.empty:
-                raise dg.Failure(description=f"no stored observation_features for v{version.version}'s training "
-                                 f"window {first}..{last}: ingest those weeks first")
-            _, ref_predicted = predict_table(champions.bundle(version), ref_features)
-            champions._references[reference_key] = {
-                "features": ref_features, "predicted": ref_predicted, "rows_in": len(ref_raw),
-                "rejected": max(0, len(ref_raw) - len(ref_features)), "window": [first, last],
-                "accuracy": champions.test_accuracy(version)}
-        reference = champions._references[reference_key]
-        _, current_predicted = predict_table(champions.bundle(version), current)
-        report = build_drift_report(
-            reference=reference["features"], current=current, features=FEATURE_NAMES,
-            current_predictions=current_predicted, reference_predictions=reference["predicted"],
-            labels=list(current[LABEL]) if LABEL in current.columns else None,
-            champion_accuracy=reference["accuracy"], rows_in=raw_in,
-            rows_rejected=max(0, raw_in - len(current)), reference_rows_in=reference["rows_in"],
-            reference_rows_rejected=reference["rejected"], thresholds=thresholds)
-        report.update(week=week, window=window, rows_week=int(week_rows.get(week, 0)), window_note=(
-            f"week {week} alone" if window == [week] else
-            f"{week} had {int(week_rows.get(week, 0))} rows: tested with {len(window) - 1} earlier week(s)"),
-            champion_version=str(version.version), reference_window=reference["window"])
-        title = f"drift {week} vs champion v{version.version} (trained {reference['window'][0]}..{reference['window'][1]})"
-        summary = summary_markdown(report, title)
-        metadata = {
-            "status": report["status"],
-            "drift_detected": dg.MetadataValue.bool(report["drift_detected"]),
-            "drift_flags": dg.MetadataValue.json(report["flags"]),
-            "failed_checks": dg.MetadataValue.json([k for k, v in report["flags"].items() if v]),
-            "drifted_features": dg.MetadataValue.json(report.get("drifted_features", [])),
-            "reason": report["reason"],
-            "weeks_tested": dg.MetadataValue.json(window),
-            "window_note": report["window_note"],
-            "rows_tested": dg.MetadataValue.int(len(current)),
-            "champion_version": dg.MetadataValue.text(str(version.version)),
-            "summary": dg.MetadataValue.md(summary),
-        }
-        accuracy = report.get("performance", {}).get("accuracy")
-        if accuracy is not None:
-            metadata["accuracy"] = dg.MetadataValue.float(rounded(float(accuracy)))  # the JSON keeps every digit
-        if len(current):
-            figures = {DRIFT_PLOT: distribution_figure(reference["features"], current, report, title)} \
-                if settings.plots and report["features"] else {}
-            plot = _plot_markdown(figures[DRIFT_PLOT], title) if figures else ""  # before MLflow closes the figure
-            run_id, artifact_uri = log_report_run(
-                client, experiment_id, f"drift {week}",
-                tags={TAG_WEEK: week, TAG_ASSET: "drift_report", TAG_CHAMPION_VERSION: str(version.version),
-                      TAG_DAGSTER_RUN: context.run_id, TAG_DRIFT_STATUS: report["status"]},
-                metrics={"drift_detected": float(report["drift_detected"]), "rows_tested": float(len(current)),
-                         "features_drifted": float(len(report.get("drifted_features", []))),
-                         **({"accuracy": float(accuracy)} if accuracy is not None else {})},
-                documents={DRIFT_REPORT_ARTIFACT: json.loads(json.dumps(report, default=_json_default))},
-                figures=figures)
-            metadata["mlflow_run"] = dg.MetadataValue.url(registry.run_url(experiment_id, run_id))
-            metadata["report_json"] = dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_REPORT_ARTIFACT}")
-            if figures:
-                run_url = registry.run_url(experiment_id, run_id)
-                metadata["distribution_plot"] = dg.MetadataValue.md(f"{plot}\n\n[{DRIFT_PLOT} in MLflow]({run_url})")
-                metadata["distribution_plot_uri"] = dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_PLOT}")
-            report["mlflow_run_id"] = run_id
-        else:
-            metadata["note"] = "no rows in the window: nothing to test or log"
+        version = run.champions.as_of(week)
+        weeks.require_predictions_of(week, version)
+        report, current, reference = _week_report(run, weeks, week, version)
+        metadata = _report_metadata(report, current, version)
+        metadata.update(_degradation_metadata(report, champion_degradation(
+            run.client, context.resources.predictions_db, version, week, run.settings)))
+        metadata.update(_log_week(run, week, version, report, current, reference))
         context.add_asset_metadata(metadata, partition_key=week)
         reports[week] = json.loads(json.dumps(report, default=_json_default))
     yield dg.Output(reports if len(keys) > 1 else reports[keys[0]])
     yield from week_check_events(context, _check_results(reports), materialized=True)  # each week's new one
+
+
+@dataclass
+class _DriftRun:
+    """What every week of one drift_report run shares: settings, registry, champions, experiment."""
+
+    context: dg.AssetExecutionContext
+    settings: DriftSettings
+    thresholds: DriftThresholds
+    client: MlflowClient
+    champions: Champions
+    experiment_id: str
+
+    @classmethod
+    def start(cls, context: dg.AssetExecutionContext) -> "_DriftRun":
+        settings = context.resources.drift_settings
+        thresholds = settings.thresholds()
+        if thresholds.trailing_weeks > MAX_TRAILING_WEEKS:
+            raise dg.Failure(description=f"drift_settings.trailing_weeks={thresholds.trailing_weeks} exceeds the "
+                             f"{MAX_TRAILING_WEEKS} weeks the asset loads")
+        registry = context.resources.model_registry
+        client = registry.client()
+        return cls(context, settings, thresholds, client, Champions(client, registry.model_name),
+                   ensure_experiment(client, settings.experiment_name, settings.artifact_root))
+
+
+class _WeekData:
+    """The run's inputs, by week: features and raw rows of the trailing windows, and the predictions."""
+
+    def __init__(self, features: pd.DataFrame, raw: pd.DataFrame, predictions: pd.DataFrame):
+        self.features = features if len(features) else pd.DataFrame(columns=["week", *FEATURE_NAMES])
+        self.raw_weeks = _weeks_of_raw(raw)
+        self.predictions = predictions if len(predictions) else pd.DataFrame(columns=["week", "model_version"])
+        self.rows = self.features.groupby("week").size().to_dict()
+
+    def require_predictions_of(self, week: str, version) -> None:
+        stored = self.predictions.loc[self.predictions["week"] == week, "model_version"].unique()
+        if len(stored) and str(stored[0]) != str(version.version):
+            raise dg.Failure(description=f"batch_predictions[{week}] came from v{stored[0]} but the champion as of "
+                             f"{week} is v{version.version}: re-materialize batch_predictions first")
+
+    def window(self, week: str, thresholds: DriftThresholds) -> list[str]:
+        """W alone, or W and earlier weeks until enough rows (stellar_core.drift.choose_window)."""
+        first = max((Week.of(week) - (thresholds.trailing_weeks - 1)).key, observation_weeks.get_first_partition_key())
+        candidates = observation_weeks.get_partition_keys_in_range(dg.PartitionKeyRange(first, week))
+        return choose_window({k: int(self.rows.get(k, 0)) for k in candidates}, week, thresholds)
+
+
+def _week_report(run: _DriftRun, weeks: _WeekData, week: str, version) -> tuple[dict, pd.DataFrame, Reference]:
+    window = weeks.window(week, run.thresholds)
+    current = weeks.features.loc[weeks.features["week"].isin(window)].reset_index(drop=True)
+    raw_in = int(weeks.raw_weeks.isin(window).sum())
+    reference = run.champions.reference(version, run.context.resources.io_manager)
+    _, current_predicted = predict_table(run.champions.bundle(version), current)
+    report = build_drift_report(
+        reference=reference.features, current=current, features=FEATURE_NAMES,
+        current_predictions=current_predicted, reference_predictions=reference.predicted,
+        labels=list(current[LABEL]) if LABEL in current.columns else None,
+        champion_accuracy=reference.accuracy, rows_in=raw_in, rows_rejected=max(0, raw_in - len(current)),
+        reference_rows_in=reference.rows_in, reference_rows_rejected=reference.rejected, thresholds=run.thresholds)
+    rows_week = int(weeks.rows.get(week, 0))
+    report.update(week=week, window=window, rows_week=rows_week, champion_version=str(version.version),
+                  reference_window=list(reference.window), window_note=(
+                      f"week {week} alone" if window == [week] else
+                      f"{week} had {rows_week} rows: tested with {len(window) - 1} earlier week(s)"))
+    return report, current, reference
+
+
+def _title(report: dict) -> str:
+    first, last = report["reference_window"]
+    return f"drift {report['week']} vs champion v{report['champion_version']} (trained {first}..{last})"
+
+
+def _report_metadata(report: dict, current: pd.DataFrame, version) -> dict:
+    metadata = {
+        "status": report["status"],
+        "drift_detected": dg.MetadataValue.bool(report["drift_detected"]),
+        "drift_flags": dg.MetadataValue.json(report["flags"]),
+        "failed_checks": dg.MetadataValue.json([k for k, v in report["flags"].items() if v]),
+        "drifted_features": dg.MetadataValue.json(report.get("drifted_features", [])),
+        "reason": report["reason"],
+        "weeks_tested": dg.MetadataValue.json(report["window"]),
+        "window_note": report["window_note"],
+        "rows_tested": dg.MetadataValue.int(len(current)),
+        "champion_version": dg.MetadataValue.text(str(version.version)),
+        "summary": dg.MetadataValue.md(summary_markdown(report, _title(report))),
+    }
+    accuracy = report.get("performance", {}).get("accuracy")
+    if accuracy is not None:
+        metadata["accuracy"] = dg.MetadataValue.float(rounded(float(accuracy)))  # the JSON keeps every digit
+    return metadata
+
+
+def _log_week(run: _DriftRun, week: str, version, report: dict, current: pd.DataFrame,
+              reference: Reference) -> dict:
+    """The week's MLflow run (report JSON, plot) and the metadata that shows and links them."""
+    if not len(current):
+        return {"note": "no rows in the window: nothing to test or log"}
+    title = _title(report)
+    figures = {DRIFT_PLOT: distribution_figure(reference.features, current, report, title)} \
+        if run.settings.plots and report["features"] else {}
+    plot = _plot_markdown(figures[DRIFT_PLOT], title) if figures else ""  # before MLflow closes the figure
+    accuracy = report.get("performance", {}).get("accuracy")
+    run_id, artifact_uri = log_report_run(
+        run.client, run.experiment_id, f"drift {week}",
+        tags={TAG_WEEK: week, TAG_ASSET: "drift_report", TAG_CHAMPION_VERSION: str(version.version),
+              TAG_DAGSTER_RUN: run.context.run_id, TAG_DRIFT_STATUS: report["status"]},
+        metrics={"drift_detected": float(report["drift_detected"]), "rows_tested": float(len(current)),
+                 "features_drifted": float(len(report.get("drifted_features", []))),
+                 **({"accuracy": float(accuracy)} if accuracy is not None else {})},
+        documents={DRIFT_REPORT_ARTIFACT: json.loads(json.dumps(report, default=_json_default))},
+        figures=figures)
+    report["mlflow_run_id"] = run_id
+    run_url = run.context.resources.model_registry.run_url(run.experiment_id, run_id)
+    metadata = {"mlflow_run": dg.MetadataValue.url(run_url),
+                "report_json": dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_REPORT_ARTIFACT}")}
+    if figures:
+        metadata["distribution_plot"] = dg.MetadataValue.md(f"{plot}\n\n[{DRIFT_PLOT} in MLflow]({run_url})")
+        metadata["distribution_plot_uri"] = dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_PLOT}")
+    return metadata
+
+
+def _degradation_metadata(report: dict, evidence) -> dict:
+    """The retraining trigger's evidence (the sensor reads `champion_degraded`); also kept in the report."""
+    if evidence is None:
+        report["degradation"] = None
+        return {"champion_degraded": dg.MetadataValue.bool(False), "degradation_status": NOT_ENOUGH_DATA,
+                "degradation_summary": "the champion's run has no out-of-time accuracy to compare with"}
+    report["degradation"] = evidence.metadata()
+    return {
+        "champion_degraded": dg.MetadataValue.bool(evidence.degraded),
+        "degradation_status": evidence.status,
+        "degradation_summary": evidence.summary,
+        "degradation": dg.MetadataValue.json(evidence.metadata()),
+    }
 
 
 def _plot_markdown(figure, title: str) -> str:
@@ -363,11 +361,6 @@ def _plot_markdown(figure, title: str) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=72)
     return f"![{title}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
-
-
-def _weeks_back(week: str, n: int) -> str:
-    start = (Week.of(week) - n).key
-    return max(start, observation_weeks.get_first_partition_key())
 
 
 def _json_default(value):

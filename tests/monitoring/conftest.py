@@ -13,7 +13,7 @@ from tests.monitoring.scenario import CHAMPION_WEEK, FIRST_INGESTED, LAST_INGEST
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory, sdss_sample_path) -> ProjectHome:
     platform = ProjectHome(tmp_path_factory.mktemp("stellar-monitoring"), sdss_sample_path,
-                           min_comparison_rows=10, challenger=SMALL_MODEL)
+                           min_comparison_rows=10, challenger=SMALL_MODEL, min_evaluation_rows=50)
     platform.ingest(FIRST_INGESTED, LAST_INGESTED)
     return platform
 

@@ -10,3 +10,5 @@ DRIFT_WEEK = "2008-06-08"  # 42 spectra, 41 of them stars
 SMALL_WEEK = "2008-07-06"  # 4 spectra; with the 3 weeks before it 28 < 30 rows
 EMPTY_WEEK = "2008-05-18"  # no spectra at all
 SMALL_MODEL = {"n_estimators": 30, "max_depth": 3, "learning_rate": 0.3, "latency_single_row_repeats": 10}
+# A first champion the later one clearly beats: the promotion gate promotes only on evidence.
+WEAK_MODEL = {"n_estimators": 1, "max_depth": 1, "class_weighting": "none", "latency_single_row_repeats": 10}

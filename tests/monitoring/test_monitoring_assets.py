@@ -16,7 +16,7 @@ from stellar_assets.monitoring.sensors import reload_after_promotion, reload_pre
 from stellar_mlflow.names import TAG_WINDOW_LAST
 from stellar_mlflow.registry import get_alias_version
 from tests.dagster_support import metadata_of
-from tests.monitoring.scenario import CHAMPION_WEEK, DRIFT_WEEK, EMPTY_WEEK, SMALL_WEEK
+from tests.monitoring.scenario import CHAMPION_WEEK, DRIFT_WEEK, EMPTY_WEEK, SMALL_WEEK, WEAK_MODEL
 from tests.support import free_port
 
 STABLE = "2008-05-04"  # first week after the champion's window: mixed galaxies and stars, no drift
@@ -49,7 +49,7 @@ def test_same_week_twice_stores_the_same_rows_once(platform, champion_name):
 
 
 def test_predictions_never_use_a_model_that_trained_on_the_week(platform, model_name):
-    assert platform.train(model_name, CHAMPION_WEEK).success
+    assert platform.train(model_name, CHAMPION_WEEK, WEAK_MODEL).success
     # The only champion trained through CHAMPION_WEEK: it must not predict that week.
     peek = platform.monitor(model_name, CHAMPION_WEEK, selection=["batch_predictions"])
     assert not peek.success
@@ -125,7 +125,7 @@ def test_serving_report_reads_a_real_server_and_reload_follows_a_promotion(platf
     from stellar_serving.server import StellarServer
 
     instance = dg.DagsterInstance.ephemeral()
-    assert platform.train(model_name, CHAMPION_WEEK, instance=instance).success
+    assert platform.train(model_name, CHAMPION_WEEK, WEAK_MODEL, instance=instance).success
     client = MlflowClient(platform.tracking_uri)
     first_version = str(get_alias_version(client, model_name).version)
     server = StellarServer(ServingConfig(
