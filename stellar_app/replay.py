@@ -162,11 +162,12 @@ def bootstrap_week(instance: dg.DagsterInstance, plan: ReplayPlan, min_rows: int
 class _Replayer:
     """One replay's runs on one instance (see the module docstring)."""
 
-    def __init__(self, instance, defs, plan: ReplayPlan, challenger: dict, say, progress: bool):
+    def __init__(self, instance, defs, plan: ReplayPlan, challenger: dict, say, progress: bool,
+                 retrain_on: tuple[str, ...] | None = None):
         self.instance, self.defs, self.plan, self.say = instance, defs, plan, say
         self.train_config = {"ops": {"challenger_model": {"config": challenger}}}
         self.log = ReplayLog()
-        self.sensor = build_retraining_sensor(cooldown_weeks=plan.cooldown_weeks)
+        self.sensor = build_retraining_sensor(cooldown_weeks=plan.cooldown_weeks, triggers=retrain_on)
         registry = defs.resources.get("model_registry") if getattr(defs, "resources", None) else None
         if registry is None:
             raise ReplayError("the Definitions given to run_replay have no model_registry resource")
@@ -305,11 +306,12 @@ def _bootstrap_rows(defs: dg.Definitions) -> int:
 def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: str = DEFAULT_FIRST_WEEK,
                last_week: str = DEFAULT_LAST_WEEK, *, training_window_weeks: int | None = None,
                challenger_config: dict | None = None, cooldown_weeks: int | None = None,
-               bootstrap_rows: int | None = None, ingest: bool = True,
+               bootstrap_rows: int | None = None, retrain_on: tuple[str, ...] | None = None, ingest: bool = True,
                say: Callable[[str], None] = print, progress: bool = False) -> pd.DataFrame:
     """Replay [first_week, last_week]; returns the per-week timeline (see module docstring).
     Prints one line per decision; `progress` shows a bar over the weeks on stderr. `bootstrap_rows`
-    (a replay from the survey's first week): default twice the gate's minimum evaluation rows."""
+    (a replay from the survey's first week): default twice the gate's minimum evaluation rows.
+    `retrain_on`: the sensor's triggers; default the code location's (STELLAR_RETRAIN_ON)."""
     from stellar_assets.settings import load_settings
     from stellar_assets.training import DEFAULT_WINDOW_WEEKS
 
@@ -318,7 +320,8 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
         settings.training_window_weeks or DEFAULT_WINDOW_WEEKS)
     cooldown = settings.retrain_cooldown_weeks if cooldown_weeks is None else cooldown_weeks
     plan = plan_replay(first_week, last_week, window, cooldown)
-    replayer = _Replayer(instance, defs, plan, {**REPLAY_CHALLENGER, **(challenger_config or {})}, say, progress)
+    replayer = _Replayer(instance, defs, plan, {**REPLAY_CHALLENGER, **(challenger_config or {})}, say, progress,
+                         retrain_on)
     replayer.ingest(ingest)
     initial_week = bootstrap_week(instance, plan, bootstrap_rows or _bootstrap_rows(defs)) if plan.bootstrap \
         else plan.initial_week

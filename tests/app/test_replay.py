@@ -15,6 +15,7 @@ from stellar_mlflow.registry import champion_as_of
 from tests.monitoring.scenario import SMALL_MODEL
 
 FIRST, LAST = "2008-04-27", "2008-06-29"
+DRIFT_TRIGGERS = ("data_drift", "prediction_drift", "performance_drift")
 
 
 def test_replay_retrains_on_drift_promotes_and_predicts_with_the_new_champion(platform, model_name, tmp_path):
@@ -79,13 +80,14 @@ def predictions_per_week(instance: dg.DagsterInstance) -> Counter:
 
 
 def test_no_week_is_predicted_more_than_twice_across_several_promotions(platform, model_name):
-    # A lenient gate (alpha 0.9, 60 evaluation rows): this test is about the replay's runs, and needs
-    # several promotions within the small weeks of the sample.
+    # Retraining on drift and a lenient gate (alpha 0.9, 60 evaluation rows): this test is about the
+    # replay's runs, and needs several promotions within the small weeks of the sample.
     defs = platform.definitions(model_name, db_name=model_name, alpha=0.9, min_evaluation_rows=60)
     lines: list[str] = []
     with dg.instance_for_test() as instance:
         timeline = run_replay(instance, defs, "2008-03-02", "2008-09-28", training_window_weeks=8,
-                              cooldown_weeks=2, challenger_config=SMALL_MODEL, say=lines.append)
+                              cooldown_weeks=2, challenger_config=SMALL_MODEL, say=lines.append,
+                              retrain_on=DRIFT_TRIGGERS)
         counts = predictions_per_week(instance)
         predict_runs = [r for r in instance.get_runs() if r.job_name == "predict_and_check"]
     promotions = timeline[timeline["promotion"] == "promoted"]["week"].tolist()
