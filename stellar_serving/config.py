@@ -13,8 +13,17 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from stellar_mlflow.names import CHAMPION_ALIAS
-from stellar_core.contract import DEFAULT_MODEL_NAME
+# XGBoost's OpenMP threads spin while they wait for work. When other processes
+# keep the cores busy, a spinning team member holds the core another one needs
+# and a 0.4 ms prediction takes 20-100 ms (measured on the shared 2-core host);
+# sleeping waiters cost microseconds. libgomp reads it when xgboost loads: the
+# `serve` command sets it first thing; this line (run when the server imports
+# its config, before xgboost) covers embedding the server in a process that has
+# not loaded xgboost yet. Client users are untouched.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from stellar_mlflow.names import CHAMPION_ALIAS  # noqa: E402
+from stellar_core.contract import DEFAULT_MODEL_NAME  # noqa: E402
 
 AUTH_SCOPES = ("all", "admin")
 COMPILED_PREDICTOR_MODES = ("auto", "off")

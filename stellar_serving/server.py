@@ -1,8 +1,7 @@
 """Server bootstrap: configuration, TLS, interceptors (auth, metrics, logs), health,
 reflection, the model store, and a graceful shutdown that drains in-flight calls.
 
-    from stellar_serving.batching import MicroBatcher
-from stellar_serving.config import ServingConfig
+    from stellar_serving.config import ServingConfig
     from stellar_serving.server import StellarServer
     server = StellarServer(ServingConfig.from_env()).start()   # returns once the model is loaded (or not)
     server.wait_for_termination()  # or serve_forever(config): SIGTERM/SIGINT drain and stop
@@ -10,17 +9,10 @@ from stellar_serving.config import ServingConfig
 
 from __future__ import annotations
 
-import os
+# First: config sets OMP_WAIT_POLICY before anything loads xgboost (see config.py).
+from stellar_serving.config import ServingConfig  # noqa: I001
 
-# XGBoost's OpenMP threads spin while they wait for work. When other processes
-# keep the cores busy, a spinning team member holds the core another one needs
-# and a 0.4 ms prediction takes 20-100 ms (measured on the shared 2-core host);
-# sleeping waiters cost microseconds. libgomp reads it when xgboost loads: the
-# `serve` command sets it first thing; this line covers embedding the server in
-# a process that has not loaded xgboost yet. Client users are untouched.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import hmac  # noqa: E402
+import hmac
 import json
 import logging
 import signal
@@ -41,7 +33,6 @@ from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_serving.batching import MicroBatcher
-from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelStore
 from stellar_serving.servicers import ClassifierServicer, InferenceServicer

@@ -151,7 +151,10 @@ def make_server(registry, tmp_path):
     def start(**overrides):
         settings = dict(grpc_host="127.0.0.1", grpc_port=0, metrics_host="127.0.0.1", metrics_port=0,
                         tracking_uri=registry.tracking_uri, cache_dir=str(tmp_path / "model-cache"),
-                        poll_seconds=0.0, max_workers=8, shutdown_grace_seconds=1.0)
+                        poll_seconds=0.0, max_workers=8, shutdown_grace_seconds=1.0,
+                        # Bit-for-bit XGBoost answers and no background compiles unless a test asks
+                        # for the compiled predictor (tests/serving/test_compiled_predictor.py does).
+                        compiled_predictor="off")
         settings.update(overrides)
         server = StellarServer(ServingConfig(**settings)).start()
         servers.append(server)
