@@ -146,9 +146,9 @@ def checked_object(row: Mapping) -> pb.SdssObject:
     """A CSV row -> SdssObject, or InvalidRow if the server's validation would refuse it.
 
     Parsing is local (only the client sees the text); the checks are the server's
-    own (stellar_serving.validation), so client and server agree on what is valid.
+    own (stellar_api.validation), so client and server agree on what is valid.
     """
-    from stellar_serving.validation import DEFAULT_MAX_CLIENT_ID, InvalidInput, objects_to_inputs
+    from stellar_api.validation import DEFAULT_MAX_CLIENT_ID, InvalidInput, objects_to_inputs
 
     fields = {}
     for name in MODEL_INPUTS:

@@ -20,6 +20,7 @@ TAG_DAGSTER_RUN = "dagster_run_id"
 TAG_ASSET = "stellar_asset"  # the asset that logged the run
 TAG_RUN_NAME = "mlflow.runName"
 TAG_PROMOTION_REASON = "promotion_reason"
+TAG_PARAMS_SOURCE = "params_source"  # where the challenger's hyperparameters came from
 TAG_WEEK = "week"
 TAG_CHAMPION_VERSION = "champion_version"
 TAG_DRIFT_STATUS = "drift_status"

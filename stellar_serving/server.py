@@ -36,7 +36,7 @@ from stellar_serving.batching import MicroBatcher
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelStore
 from stellar_serving.servicers import ClassifierServicer, InferenceServicer
-from stellar_serving.validation import bounded
+from stellar_api.validation import bounded
 
 log = logging.getLogger("stellar_serving.server")
 

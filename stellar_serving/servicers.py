@@ -34,7 +34,7 @@ from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, NoChampion, RegistryUnavailable
-from stellar_serving.validation import (COLOUR_TOLERANCE, OBJECTS_FIELD, SINGLE_OBJECT_FIELD, InvalidInput,
+from stellar_api.validation import (COLOUR_TOLERANCE, OBJECTS_FIELD, SINGLE_OBJECT_FIELD, InvalidInput,
                                         bounded, check_client_id, features_to_inputs, objects_to_inputs)
 
 log = logging.getLogger("stellar_serving.servicers")

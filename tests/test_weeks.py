@@ -20,7 +20,8 @@ from stellar_core.weeks import (
 
 ROOT = Path(__file__).resolve().parents[1]
 WEEK_MODULE = ROOT / "stellar_core" / "weeks.py"
-SOURCE_DIRS = ("stellar_core", "stellar_assets", "stellar_serving", "benchmarks")
+SOURCE_DIRS = ("stellar_core", "stellar_mlflow", "stellar_api", "stellar_assets", "stellar_app", "stellar_serving",
+               "benchmarks")
 # Adding days, parsing ISO dates, day counts and multiples of seven: what a week computation looks like.
 DATE_ARITHMETIC = re.compile(
     r"timedelta|fromisoformat\(|datetime64|\bdays\s*=|\.days\b|//\s*7\b|\b7\s*\*|\*\s*7\b"

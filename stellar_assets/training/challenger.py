@@ -27,7 +27,14 @@ from stellar_core.training import (
     predict_proba,
     train_booster,
 )
-from stellar_mlflow.names import TAG_DAGSTER_RUN, TAG_GATE, TAG_PARTITION, TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_mlflow.names import (
+    TAG_DAGSTER_RUN,
+    TAG_GATE,
+    TAG_PARAMS_SOURCE,
+    TAG_PARTITION,
+    TAG_WINDOW_FIRST,
+    TAG_WINDOW_LAST,
+)
 from stellar_mlflow.registry import contract_problems_of_version
 from stellar_mlflow.runs import log_evaluation_artifacts, log_model_and_bundle
 
@@ -104,7 +111,7 @@ def log_and_register(mlflow, registry: ModelRegistry, lineage: Lineage, params: 
     new registered version carrying its training window. Returns the ModelVersion."""
     week, first = lineage.week, lineage.window_first
     mlflow.set_tags({TAG_PARTITION: week, TAG_WINDOW_FIRST: first, TAG_WINDOW_LAST: week,
-                     "params_source": ",".join(sorted(set(sources.values())))})
+                     TAG_PARAMS_SOURCE: ",".join(sorted(set(sources.values())))})
     mlflow.log_params({**params.as_dict(), "train_rows": len(train), "test_rows": len(test),
                        "window_first_week": first, "window_last_week": week})
     log_evaluation_artifacts(trained.evaluation, trained.probabilities, test, trained.importance, train)

@@ -17,7 +17,7 @@ from stellar_core.features import derive_feature_matrix
 from stellar_serving import booster_call
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_serving.booster_call import BoosterCallError, DensePredictor
-from stellar_serving.validation import InvalidInput, objects_to_inputs
+from stellar_api.validation import InvalidInput, objects_to_inputs
 
 from .messages import to_objects
 
