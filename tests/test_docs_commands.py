@@ -227,7 +227,7 @@ ENTRY = "tests/test_entry_points.py"
 
 # (regular expression matched against the whole normalised command, coverage)
 REGISTRY: list[tuple[str, object]] = [
-    (r"make demo", ByTests((f"tests/app/test_cli.py::test_the_readme_commands_are_all_there",
+    (r"make demo", ByTests(("tests/app/test_cli.py::test_the_readme_commands_are_all_there",
                             "tests/app/test_replay.py::test_replay_retrains_on_drift_promotes_and_predicts_with_the_new_champion"),
                            "`make demo` is `stellar demo` (Makefile, checked here); the replay it runs is run on a "
                            "short range; the full main job takes minutes and is not run by a test")),
