@@ -12,6 +12,7 @@ their values (see CodeLocationSettings.secret).
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 import os
 import urllib.error
 import urllib.request
@@ -194,16 +195,7 @@ class PredictionServer(dg.ConfigurableResource):
                 "changed": response.changed, "source": response.source}
 
 
-class DriftSettings(dg.ConfigurableResource):
-    """Thresholds of stellar_core.drift (see README.md, Monitoring) and where reports go in MLflow."""
-
-    min_rows: int = 30
-    trailing_weeks: int = Field(default=4, description="at most this many weeks (W and earlier) when W alone is small")
-    large_sample_rows: int = 1000
-    ks_alpha: float = 0.01
-    psi_threshold: float = 0.25
-    accuracy_drop: float = 0.05
-    rejected_rise: float = 0.02
+class _DriftSettingsBase(dg.ConfigurableResource):
     degradation_min_rows: int = Field(
         default=300, description="the champion's labelled rows since training are pooled back to this many "
         "before its accuracy is tested against its out-of-time reference")
@@ -213,10 +205,18 @@ class DriftSettings(dg.ConfigurableResource):
     plots: bool = True
 
     def thresholds(self) -> DriftThresholds:
-        return DriftThresholds(min_rows=self.min_rows, trailing_weeks=self.trailing_weeks,
-                               large_sample_rows=self.large_sample_rows, ks_alpha=self.ks_alpha,
-                               psi_threshold=self.psi_threshold, accuracy_drop=self.accuracy_drop,
-                               rejected_rise=self.rejected_rise)
+        return DriftThresholds(**{f.name: getattr(self, f.name) for f in fields(DriftThresholds)})
+
+
+# The drift_settings resource: every DriftThresholds field (same name, same default), derived from the
+# dataclass rather than kept in sync by hand, plus the degradation test and where reports go in MLflow.
+_TYPES = {"int": int, "float": float}
+DriftSettings = type("DriftSettings", (_DriftSettingsBase,), {
+    "__annotations__": {f.name: _TYPES[str(f.type)] for f in fields(DriftThresholds)},
+    **{f.name: f.default for f in fields(DriftThresholds)},
+    "__doc__": "Thresholds of stellar_core.drift (docs/monitoring.md) and where reports go in MLflow.",
+    "__module__": __name__,
+})
 
 
 def monitoring_resources(settings: CodeLocationSettings) -> dict:
