@@ -24,12 +24,12 @@ def test_replay_retrains_on_drift_promotes_and_predicts_with_the_new_champion(pl
     lines: list[str] = []
     with dg.instance_for_test() as instance:
         timeline = run_replay(instance, defs, FIRST, LAST, training_window_weeks=8, cooldown_weeks=8,
-                              challenger_config=SMALL_MODEL, say=lines.append)
+                              challenger_config=SMALL_MODEL, say=lines.append, retrain_on=DRIFT_TRIGGERS)
         runs = instance.get_runs()
         retrain_runs = [r for r in runs if r.tags.get("stellar/trigger") == "drift_retraining_sensor"]
         # The main job run again on the same instance: the same drift does not retrain twice.
         again = run_replay(instance, defs, FIRST, LAST, training_window_weeks=8, cooldown_weeks=8,
-                           challenger_config=SMALL_MODEL, ingest=False, say=lines.append)
+                           challenger_config=SMALL_MODEL, ingest=False, say=lines.append, retrain_on=DRIFT_TRIGGERS)
         new_runs = instance.get_runs()[: len(instance.get_runs()) - len(runs)]
     assert list(timeline["week"]) == [str(d.date()) for d in pd.date_range(FIRST, LAST, freq="7D")]
     retrained = timeline[timeline["retrained"]]
