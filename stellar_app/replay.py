@@ -163,9 +163,10 @@ class _Replayer:
     """One replay's runs on one instance (see the module docstring)."""
 
     def __init__(self, instance, defs, plan: ReplayPlan, challenger: dict, say, progress: bool,
-                 retrain_on: tuple[str, ...] | None = None):
+                 retrain_on: tuple[str, ...] | None = None, initial: dict | None = None):
         self.instance, self.defs, self.plan, self.say = instance, defs, plan, say
         self.train_config = {"ops": {"challenger_model": {"config": challenger}}}
+        self.initial_config = {"ops": {"challenger_model": {"config": initial or challenger}}}
         self.log = ReplayLog()
         self.sensor = build_retraining_sensor(cooldown_weeks=plan.cooldown_weeks, triggers=retrain_on)
         registry = defs.resources.get("model_registry") if getattr(defs, "resources", None) else None
@@ -209,7 +210,7 @@ class _Replayer:
         champion = champion_as_of(self.client, self.registry.model_name, after)
         if champion is None:
             result = self.execute("train_and_promote", {"stellar/step": "initial champion"},
-                                  partition_key=initial_week, run_config=self.train_config,
+                                  partition_key=initial_week, run_config=self.initial_config,
                                   what=f"initial champion at {initial_week}")
             champion = champion_as_of(self.client, self.registry.model_name, after)
             if not result.success or champion is None:
@@ -307,11 +308,13 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
                last_week: str = DEFAULT_LAST_WEEK, *, training_window_weeks: int | None = None,
                challenger_config: dict | None = None, cooldown_weeks: int | None = None,
                bootstrap_rows: int | None = None, retrain_on: tuple[str, ...] | None = None, ingest: bool = True,
-               say: Callable[[str], None] = print, progress: bool = False) -> pd.DataFrame:
+               say: Callable[[str], None] = print, progress: bool = False,
+               initial_config: dict | None = None) -> pd.DataFrame:
     """Replay [first_week, last_week]; returns the per-week timeline (see module docstring).
     Prints one line per decision; `progress` shows a bar over the weeks on stderr. `bootstrap_rows`
     (a replay from the survey's first week): default twice the gate's minimum evaluation rows.
-    `retrain_on`: the sensor's triggers; default the code location's (STELLAR_RETRAIN_ON)."""
+    `retrain_on`: the sensor's triggers; default the code location's (STELLAR_RETRAIN_ON).
+    `initial_config`: the first champion's challenger config, default the retrainings' (`challenger_config`)."""
     from stellar_assets.settings import load_settings
     from stellar_assets.training import DEFAULT_WINDOW_WEEKS
 
@@ -320,8 +323,9 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
         settings.training_window_weeks or DEFAULT_WINDOW_WEEKS)
     cooldown = settings.retrain_cooldown_weeks if cooldown_weeks is None else cooldown_weeks
     plan = plan_replay(first_week, last_week, window, cooldown)
-    replayer = _Replayer(instance, defs, plan, {**REPLAY_CHALLENGER, **(challenger_config or {})}, say, progress,
-                         retrain_on)
+    challenger = {**REPLAY_CHALLENGER, **(challenger_config or {})}
+    replayer = _Replayer(instance, defs, plan, challenger, say, progress, retrain_on,
+                         {**challenger, **initial_config} if initial_config else None)
     replayer.ingest(ingest)
     initial_week = bootstrap_week(instance, plan, bootstrap_rows or _bootstrap_rows(defs)) if plan.bootstrap \
         else plan.initial_week

@@ -308,7 +308,7 @@ def _report_metadata(report: dict, current: pd.DataFrame, version) -> dict:
     }
     accuracy = report.get("performance", {}).get("accuracy")
     if accuracy is not None:
-        metadata["accuracy"] = dg.MetadataValue.float(rounded(float(accuracy)))  # the JSON keeps every digit
+        metadata["accuracy"] = dg.MetadataValue.float(float(rounded(float(accuracy))))  # the JSON keeps every digit
     return metadata
 
 

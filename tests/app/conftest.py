@@ -12,6 +12,7 @@ from tests.monitoring.scenario import SMALL_MODEL
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory, sdss_sample_path) -> ProjectHome:
     return ProjectHome(tmp_path_factory.mktemp("stellar-app"), sdss_sample_path, min_comparison_rows=10,
+                       min_evaluation_rows=50,
                        challenger=SMALL_MODEL)
 
 
