@@ -56,12 +56,7 @@ def stratified_split(table: pd.DataFrame, test_fraction: float, seed: int) -> pd
     """
     if not 0.0 < test_fraction < 1.0:
         raise TrainingInputError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-    missing = [c for c in ("object_id", LABEL, *FEATURE_NAMES) if c not in table.columns]
-    if missing:
-        raise TrainingInputError(f"feature table lacks columns {missing}")
-    unknown = sorted(set(table[LABEL].unique()) - set(CLASSES))
-    if unknown:
-        raise TrainingInputError(f"unknown class labels {unknown}; expected {list(CLASSES)}")
+    _check_feature_table(table, "object_id")
     ordered = table.sort_values(["object_id", "week"], kind="mergesort").reset_index(drop=True)
     rng = np.random.default_rng(seed)
     is_test = np.zeros(len(ordered), dtype=bool)
@@ -75,16 +70,20 @@ def stratified_split(table: pd.DataFrame, test_fraction: float, seed: int) -> pd
     return ordered
 
 
-def out_of_time_split(table: pd.DataFrame, evaluation_weeks: Sequence[str]) -> pd.DataFrame:
-    """The feature table plus a `split` column: rows of `evaluation_weeks` (the window's most recent
-    weeks) are "test", every earlier row "train". Neither the challenger nor a champion trained
-    before those weeks has seen them, so both are scored out of time on the same rows."""
-    missing = [c for c in ("object_id", "week", LABEL, *FEATURE_NAMES) if c not in table.columns]
+def _check_feature_table(table: pd.DataFrame, *columns: str) -> None:
+    missing = [c for c in (*columns, LABEL, *FEATURE_NAMES) if c not in table.columns]
     if missing:
         raise TrainingInputError(f"feature table lacks columns {missing}")
     unknown = sorted(set(table[LABEL].unique()) - set(CLASSES))
     if unknown:
         raise TrainingInputError(f"unknown class labels {unknown}; expected {list(CLASSES)}")
+
+
+def out_of_time_split(table: pd.DataFrame, evaluation_weeks: Sequence[str]) -> pd.DataFrame:
+    """The feature table plus a `split` column: rows of `evaluation_weeks` (the window's most recent
+    weeks) are "test", every earlier row "train". Neither the challenger nor a champion trained
+    before those weeks has seen them, so both are scored out of time on the same rows."""
+    _check_feature_table(table, "object_id", "week")
     ordered = table.sort_values(["week", "object_id"], kind="mergesort").reset_index(drop=True)
     is_test = ordered["week"].astype(str).isin(set(evaluation_weeks)).to_numpy()
     ordered[SPLIT_COLUMN] = np.where(is_test, TEST, TRAIN)
