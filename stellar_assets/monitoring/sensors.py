@@ -93,8 +93,9 @@ def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSO
             key = retraining_run_key(week)
             requested = bool(_runs_with(context.instance, {RUN_KEY_TAG: key}, limit=1)) or key in {
                 r.run_key for r in requests}
-            decision = retraining_decision(week, _status(metadata, fired), fired, last, cooldown, requested,
-                                           metadata.get("degradation_summary", ""))
+            # The degradation sentence explains a decision about degradation, not a drift-check trigger.
+            evidence = metadata.get("degradation_summary", "") if not fired or DEGRADATION_TRIGGER in fired else ""
+            decision = retraining_decision(week, _status(metadata, fired), fired, last, cooldown, requested, evidence)
             notes.append(decision.reason)
             if decision.retrain:
                 planned.append(week)
