@@ -235,6 +235,11 @@ REGISTRY: list[tuple[str, object]] = [
      ByTests(("tests/app/test_replay.py::test_replay_retrains_on_drift_promotes_and_predicts_with_the_new_champion",
               "tests/app/test_cli.py::test_whole_survey_with_a_range_is_refused_before_anything_runs"),
              "the replay `stellar demo` runs, on a short range; the full range takes minutes")),
+    (r"stellar demo --whole-survey",
+     ByTests(("tests/app/test_replay.py::test_a_replay_from_the_first_survey_week_bootstraps_its_first_champion",
+              "tests/app/test_cli.py::test_whole_survey_with_a_range_is_refused_before_anything_runs"),
+             "GAP: the whole survey is not replayed by a test; its start at 2000-03-05 (the bootstrapped first "
+             "champion) and the flag are")),
     (r"make test", ByCI(".ci/run is exactly `make test`")),
     (r"make ui|stellar ui", ByTests((f"{ENTRY}::test_stellar_ui_serves_on_the_port_asked",
                                      f"{ENTRY}::test_stellar_ui_help_shows_host_and_port_defaults"))),
