@@ -101,3 +101,9 @@ def rounded(value: float | None, digits: int = 3) -> float | int | None:
     places = digits - 1 - math.floor(math.log10(abs(value)))
     result = round(value, places)
     return int(result) if float(result).is_integer() else result
+
+
+def rounded_float(value: float, digits: int = 3) -> dg.FloatMetadataValue:
+    """A float metadata value rounded for people: always a float (MetadataValue.float refuses the int
+    that `rounded` gives whole values, e.g. an accuracy of exactly 1)."""
+    return dg.MetadataValue.float(float(rounded(float(value), digits)))

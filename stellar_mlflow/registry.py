@@ -50,14 +50,16 @@ def mark_promoted(client: MlflowClient, model_name: str, version: str | int, wee
 
 
 def champion_as_of(client: MlflowClient, model_name: str, week: str) -> ModelVersion | None:
-    """The champion to use for predicting week `week` (ISO date of its Sunday).
+    """The champion to use for predicting week `week` (ISO date of its Sunday): see champion_among."""
+    return champion_among(model_versions(client, model_name), week)
 
-    Among promoted versions whose training window ended strictly before `week`,
+
+def champion_among(versions: list[ModelVersion], week: str) -> ModelVersion | None:
+    """Among promoted versions whose training window ended strictly before `week`,
     the one promoted at the latest week. Works the same in a backfill over
-    history, whatever order the promotions ran in.
-    """
+    history, whatever order the promotions ran in."""
     best: ModelVersion | None = None
-    for version in _all_versions(client, model_name):
+    for version in versions:
         tags = version.tags or {}
         promoted_at = tags.get(TAG_PROMOTED_AT)
         last_week = tags.get(TAG_WINDOW_LAST)
@@ -80,7 +82,8 @@ def load_bundle(client: MlflowClient, version: ModelVersion, destination: str | 
     return ModelBundle.load(download_bundle(client, version, destination))
 
 
-def _all_versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
+def model_versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
+    """Every version of the model, all pages."""
     versions: list[ModelVersion] = []
     token = None
     while True:

@@ -131,8 +131,9 @@ def log_model_and_bundle(booster: xgb.Booster, train: pd.DataFrame, card: dict) 
 
 
 def log_report_run(client: MlflowClient, experiment_id: str, run_name: str, tags: dict, metrics: dict,
-                   documents: dict[str, dict], figures: dict) -> tuple[str, str]:
-    """One MLflow run holding the report; returns (run_id, artifact_uri)."""
+                   documents: dict[str, dict], images: dict[str, bytes] | None = None) -> tuple[str, str]:
+    """One MLflow run holding the report (JSON documents, PNG images given as bytes); returns
+    (run_id, artifact_uri)."""
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     try:
@@ -141,13 +142,12 @@ def log_report_run(client: MlflowClient, experiment_id: str, run_name: str, tags
                 client.log_metric(run_id, key, float(value))
         for path, document in documents.items():
             client.log_dict(run_id, document, path)
-        for path, fig in figures.items():
+        for path, image in (images or {}).items():
             with tempfile.TemporaryDirectory(prefix="stellar-plot-") as tmp:
                 target = Path(tmp) / Path(path).name
-                fig.savefig(target, dpi=72)
+                target.write_bytes(image)
                 parent = str(Path(path).parent)
                 client.log_artifact(run_id, str(target), None if parent == "." else parent)
-            plt.close(fig)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -1,7 +1,7 @@
 """Weekly monitoring: batch predictions, drift report (with its checks), serving report.
 
-    observation_features[W] -> batch_predictions[W] -> drift_report[W]  (checks: data_drift, prediction_drift,
-    observation_features[W-3..W], raw_observations[W-3..W] -^             performance_drift, rejected_rows)
+    observation_features[W] -> batch_predictions[W] -> drift_report[W]  (check: drift, one per week, over
+    observation_features[W-3..W], raw_observations[W-3..W] -^   data, prediction, performance, rejected rows)
     prediction server /metrics -> serving_report[W]
 
 batch_predictions and drift_report run a whole range of weeks in one run
@@ -20,7 +20,7 @@ import dagster as dg
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from stellar_assets.checks import WeekCheck, percent, rounded, week_check_events, weekly_check_spec
+from stellar_assets.checks import WeekCheck, percent, rounded, rounded_float, week_check_events, weekly_check_spec
 from stellar_assets.monitoring.resources import PREDICTIONS_TABLE, DriftSettings, ServerUnreachable
 from stellar_assets.monitoring.champions import Champions, Reference, predict_table
 from stellar_assets.monitoring.evidence import champion_degradation
@@ -149,23 +149,34 @@ def _window_mapping() -> dg.TimeWindowPartitionMapping:
 FAMILY_PARTS = {"prediction_drift": "prediction", "performance_drift": "performance", "rejected_rows": "rejected"}
 
 
+DRIFT_CHECK = "drift"
+DRIFT_CHECK_DESCRIPTION = (
+    "The week's four drift tests, diagnostics (WARN; the retraining trigger is the champion's degradation): "
+    + " ".join(f"**{name}**: {text}" for name, text in CHECK_DESCRIPTIONS.items())
+    + " A failed check names the tests that flagged. One check for the four: each evaluation is an event "
+    "in the instance's log, the main cost of a week in a backfill over years.")
+
+
 def _check_results(reports: dict[str, dict]) -> list[WeekCheck]:
-    """One verdict per family and week: which features, by how much, which threshold (warnings only)."""
-    return [_week_check(family, week, report) for week, report in reports.items() for family in DRIFT_FAMILIES]
+    """One verdict per week: which tests flagged, which features, by how much, which threshold."""
+    return [_week_check(week, report) for week, report in reports.items()]
 
 
-def _week_check(family: str, week: str, report: dict) -> WeekCheck:
-    words = family.replace("_", " ")
+def _week_check(week: str, report: dict) -> WeekCheck:
     window = f"weeks {report['window'][0]}..{report['window'][-1]}" if report.get("window") else "no weeks"
-    flagged = bool(report["flags"].get(family))
-    metadata = {"status": report["status"], "weeks_tested": dg.MetadataValue.json(report.get("window", []))}
+    flagged = [family for family in DRIFT_FAMILIES if report["flags"].get(family)]
+    metadata = {"status": report["status"], "weeks_tested": dg.MetadataValue.json(report.get("window", [])),
+                "flagged": dg.MetadataValue.json(flagged)}
     if report["status"] == NOT_ENOUGH_DATA:
         description = f"not enough data in {week} ({window}): nothing tested, no alarm"
     else:
-        detail = _family_detail(family, report)
-        metadata["details"] = dg.MetadataValue.md(detail)
-        description = f"{words} in {week} ({window}): {detail}" if flagged else f"no {words} in {week} ({window})"
-    return WeekCheck(family, week, passed=not flagged, description=description, metadata=metadata,
+        lines = {family: _family_detail(family, report) for family in DRIFT_FAMILIES}
+        metadata["details"] = dg.MetadataValue.md("\n".join(
+            f"- **{family}** ({'flagged' if family in flagged else 'passed'}): {detail}"
+            for family, detail in lines.items()))
+        description = ("; ".join(f"{family.replace('_', ' ')}: {lines[family]}" for family in flagged)
+                       + f" in {week} ({window})") if flagged else f"no drift in {week} ({window})"
+    return WeekCheck(DRIFT_CHECK, week, passed=not flagged, description=description, metadata=metadata,
                      severity=dg.AssetCheckSeverity.WARN)
 
 
@@ -195,8 +206,7 @@ def _family_detail(family: str, report: dict) -> str:
     # A re-run never replaces a report with one on fewer of the week's own rows. (Not the rows
     # tested: a week that grows past min_rows is tested alone, on fewer rows, and rightly so.)
     metadata={ROW_COUNT_FIELD: "rows_week"},
-    check_specs=[weekly_check_spec("drift_report", name, text, blocking=False)
-                 for name, text in CHECK_DESCRIPTIONS.items()],
+    check_specs=[weekly_check_spec("drift_report", DRIFT_CHECK, DRIFT_CHECK_DESCRIPTION, blocking=False)],
     description="Week W (or W and up to 3 earlier weeks when W alone has too few rows) against the champion's "
     "training data: per-feature data drift, prediction drift, performance drift and rejected rows. JSON report "
     "and plots in MLflow (experiment stellar-monitoring), summary here.",
@@ -212,9 +222,14 @@ def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFr
         weeks.require_predictions_of(week, version)
         report, current, reference = _week_report(run, weeks, week, version)
         metadata = _report_metadata(report, current, version)
-        metadata.update(_degradation_metadata(report, champion_degradation(
-            run.client, context.resources.predictions_db, version, week, run.settings)))
-        metadata.update(_log_week(run, week, version, report, current, reference))
+        evidence = champion_degradation(run.champions, context.resources.predictions_db, version, week, run.settings)
+        metadata.update(_degradation_metadata(report, evidence))
+        if run.settings.report_every_week or week == keys[-1] or (evidence is not None and evidence.degraded):
+            metadata.update(_log_week(run, week, version, report, current, reference))
+        else:
+            metadata["mlflow_run"] = (f"none: in a run over several weeks only the latest week ({keys[-1]}) and "
+                                      "weeks where the champion degraded get an MLflow run and a plot "
+                                      "(drift_settings.report_every_week); this report is the asset's stored value")
         context.add_asset_metadata(metadata, partition_key=week)
         reports[week] = json.loads(json.dumps(report, default=_json_default))
     yield dg.Output(reports if len(keys) > 1 else reports[keys[0]])
@@ -308,7 +323,7 @@ def _report_metadata(report: dict, current: pd.DataFrame, version) -> dict:
     }
     accuracy = report.get("performance", {}).get("accuracy")
     if accuracy is not None:
-        metadata["accuracy"] = dg.MetadataValue.float(float(rounded(float(accuracy))))  # the JSON keeps every digit
+        metadata["accuracy"] = rounded_float(accuracy)  # the JSON keeps every digit
     return metadata
 
 
@@ -318,9 +333,8 @@ def _log_week(run: _DriftRun, week: str, version, report: dict, current: pd.Data
     if not len(current):
         return {"note": "no rows in the window: nothing to test or log"}
     title = _title(report)
-    figures = {DRIFT_PLOT: distribution_figure(reference.features, current, report, title)} \
-        if run.settings.plots and report["features"] else {}
-    plot = _plot_markdown(figures[DRIFT_PLOT], title) if figures else ""  # before MLflow closes the figure
+    png = _png(distribution_figure(reference.features, current, report, title)) \
+        if run.settings.plots and report["features"] else None
     accuracy = report.get("performance", {}).get("accuracy")
     run_id, artifact_uri = log_report_run(
         run.client, run.experiment_id, f"drift {week}",
@@ -330,13 +344,15 @@ def _log_week(run: _DriftRun, week: str, version, report: dict, current: pd.Data
                  "features_drifted": float(len(report.get("drifted_features", []))),
                  **({"accuracy": float(accuracy)} if accuracy is not None else {})},
         documents={DRIFT_REPORT_ARTIFACT: json.loads(json.dumps(report, default=_json_default))},
-        figures=figures)
+        images={DRIFT_PLOT: png} if png else {})
     report["mlflow_run_id"] = run_id
     run_url = run.context.resources.model_registry.run_url(run.experiment_id, run_id)
     metadata = {"mlflow_run": dg.MetadataValue.url(run_url),
                 "report_json": dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_REPORT_ARTIFACT}")}
-    if figures:
-        metadata["distribution_plot"] = dg.MetadataValue.md(f"{plot}\n\n[{DRIFT_PLOT} in MLflow]({run_url})")
+    if png:
+        # Inline as a data URI: the Dagster UI's markdown shows it (a file:// path it cannot).
+        inline = f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+        metadata["distribution_plot"] = dg.MetadataValue.md(f"{inline}\n\n[{DRIFT_PLOT} in MLflow]({run_url})")
         metadata["distribution_plot_uri"] = dg.MetadataValue.text(f"{artifact_uri}/{DRIFT_PLOT}")
     return metadata
 
@@ -356,11 +372,14 @@ def _degradation_metadata(report: dict, evidence) -> dict:
     }
 
 
-def _plot_markdown(figure, title: str) -> str:
-    """The figure inline, as a PNG data URI: the Dagster UI's markdown shows it (a file:// path it cannot)."""
+def _png(figure) -> bytes:
+    """The figure as PNG bytes, drawn once for both the Dagster UI and MLflow; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=72)
-    return f"![{title}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def _json_default(value):
@@ -422,7 +441,7 @@ def _serving_week(context, week: str) -> tuple[dict, dict]:
     run_id, artifact_uri = log_report_run(
         client, experiment_id, f"serving {week}",
         tags={TAG_WEEK: week, TAG_ASSET: "serving_report", TAG_DAGSTER_RUN: context.run_id},
-        metrics=metrics, documents={SERVING_REPORT_ARTIFACT: report}, figures={})
+        metrics=metrics, documents={SERVING_REPORT_ARTIFACT: report})
     rate = "n/a" if figures["error_rate"] is None else f"{figures['error_rate']:.2%}"
     lines = [f"**{figures['requests']} requests**, error rate {rate}",
              f"latency p50/p95/p99: {figures['latency_p50_ms']} / {figures['latency_p95_ms']} / "

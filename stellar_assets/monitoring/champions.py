@@ -17,7 +17,7 @@ from stellar_core.contract import CLASSES
 from stellar_core.features import feature_matrix
 from stellar_core.model_bundle import ModelBundle
 from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
-from stellar_mlflow.registry import champion_as_of, load_bundle
+from stellar_mlflow.registry import champion_among, load_bundle, model_versions
 
 
 def predict_table(bundle: ModelBundle, table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -40,16 +40,21 @@ class Reference:
 
 
 class Champions:
-    """Champion versions, bundles and references, each loaded once per run."""
+    """Champion versions, bundles, run metrics and references, each loaded once per run (a run over
+    many weeks lists the registry once: no promotion happens inside a monitoring run)."""
 
     def __init__(self, client: MlflowClient, model_name: str):
         self.client, self.model_name = client, model_name
+        self._versions: list[ModelVersion] | None = None
         self._bundles: dict[str, ModelBundle] = {}
+        self._metrics: dict[str, dict[str, float]] = {}
         self._references: dict[str, Reference] = {}
 
     def as_of(self, week: str) -> ModelVersion:
-        """The champion that predicts `week` (registry.champion_as_of: it never saw the week)."""
-        version = champion_as_of(self.client, self.model_name, week)
+        """The champion that predicts `week` (registry.champion_among: it never saw the week)."""
+        if self._versions is None:
+            self._versions = model_versions(self.client, self.model_name)
+        version = champion_among(self._versions, week)
         if version is None:
             raise dg.Failure(description=(
                 f"no champion as of {week}: no promoted version of {self.model_name} trained only on weeks "
@@ -60,8 +65,19 @@ class Champions:
         key = str(version.version)
         if key not in self._bundles:
             with tempfile.TemporaryDirectory(prefix="stellar-monitoring-") as tmp:
-                self._bundles[key] = load_bundle(self.client, version, tmp)
+                bundle = load_bundle(self.client, version, tmp)
+            # A week is tens to hundreds of rows: one thread. OpenMP's barrier across threads costs more
+            # than the trees, and tens of milliseconds a call when another process holds the cores.
+            bundle.booster.set_param({"nthread": 1})
+            self._bundles[key] = bundle
         return self._bundles[key]
+
+    def run_metrics(self, version: ModelVersion) -> dict[str, float]:
+        """The metrics of the MLflow run that trained `version` (its out-of-time evaluation)."""
+        key = str(version.version)
+        if key not in self._metrics:
+            self._metrics[key] = dict(self.client.get_run(version.run_id).data.metrics)
+        return self._metrics[key]
 
     def reference(self, version: ModelVersion, store) -> Reference:
         """The champion's training window from the asset store (the IO manager's stored partitions)."""
@@ -75,7 +91,7 @@ class Champions:
                 raise dg.Failure(description=f"no stored observation_features for v{version.version}'s training "
                                  f"window {first}..{last}: ingest those weeks first")
             _, predicted = predict_table(self.bundle(version), features)
-            accuracy = self.client.get_run(version.run_id).data.metrics.get("accuracy")
+            accuracy = self.run_metrics(version).get("accuracy")
             self._references[key] = Reference(features, predicted, len(raw), max(0, len(raw) - len(features)),
                                               (first, last), accuracy)
         return self._references[key]

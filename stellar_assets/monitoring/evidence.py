@@ -10,26 +10,26 @@ stellar_core.performance.degradation_evidence.
 from __future__ import annotations
 
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.tracking import MlflowClient
 
+from stellar_assets.monitoring.champions import Champions
 from stellar_assets.monitoring.resources import DriftSettings, PredictionsDatabase
 from stellar_core.performance import DegradationEvidence, degradation_evidence
 from stellar_mlflow.names import TAG_WINDOW_LAST
 
 
-def out_of_time_reference(client: MlflowClient, version: ModelVersion) -> tuple[int, int] | None:
+def out_of_time_reference(champions: Champions, version: ModelVersion) -> tuple[int, int] | None:
     """(correct, rows) of the champion on its out-of-time evaluation set; None when its run lacks them."""
-    metrics = client.get_run(version.run_id).data.metrics
+    metrics = champions.run_metrics(version)
     accuracy, rows = metrics.get("accuracy"), metrics.get("test_rows")
     if accuracy is None or not rows:
         return None
     return int(round(accuracy * rows)), int(rows)
 
 
-def champion_degradation(client: MlflowClient, predictions: PredictionsDatabase, version: ModelVersion, week: str,
+def champion_degradation(champions: Champions, predictions: PredictionsDatabase, version: ModelVersion, week: str,
                          settings: DriftSettings) -> DegradationEvidence | None:
     """The evidence at `week` for the champion `version`; None when it has no out-of-time reference."""
-    reference = out_of_time_reference(client, version)
+    reference = out_of_time_reference(champions, version)
     if reference is None:
         return None
     trained_through = (version.tags or {}).get(TAG_WINDOW_LAST, "")

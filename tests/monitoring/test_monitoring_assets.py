@@ -83,25 +83,29 @@ def test_drift_report_flags_the_segue_weeks_and_says_not_enough_data_for_small_o
     assert "not enough data" in small["summary"]
 
     checks = {(c.check_name, c.partition): c for c in result.get_asset_check_evaluations()}  # one per week
-    prediction = checks["prediction_drift", DRIFT_WEEK]
-    assert not prediction.passed and prediction.severity == dg.AssetCheckSeverity.WARN
-    assert DRIFT_WEEK in prediction.description and STABLE not in prediction.description
-    details = prediction.metadata["details"].value
-    assert "outside [10%, 90%]" in details or "chi-square" in details
-    small_week = checks["prediction_drift", SMALL_WEEK]
+    assert {name for name, _ in checks} == {"drift"}
+    drifting = checks["drift", DRIFT_WEEK]
+    assert not drifting.passed and drifting.severity == dg.AssetCheckSeverity.WARN
+    assert DRIFT_WEEK in drifting.description and STABLE not in drifting.description
+    assert set(drifting.metadata["flagged"].value) == set(drift["failed_checks"])
+    details = drifting.metadata["details"].value
+    assert "**prediction_drift** (flagged)" in details and ("outside [10%, 90%]" in details or "chi-square" in details)
+    assert "**data_drift** (flagged)" in details and "(ks " in details and "p < 0.00077" in details
+    assert " sd)" in details
+    small_week = checks["drift", SMALL_WEEK]
     assert small_week.passed and small_week.metadata["status"].value == "not_enough_data"
-    data = checks["data_drift", DRIFT_WEEK]  # which features, the statistic, the threshold, by how much
-    assert not data.passed and "data_drift" in drift["failed_checks"]
-    assert "(ks " in data.metadata["details"].value and "p < 0.00077" in data.metadata["details"].value
-    assert " sd)" in data.metadata["details"].value
+    assert checks["drift", STABLE].passed and checks["drift", STABLE].metadata["flagged"].value == []
 
-    # The JSON report in MLflow is the one summarised in the UI.
+    # A run over several weeks logs an MLflow run for its latest week (and weeks where the champion
+    # degraded); the others say why they have none. The JSON in MLflow is the report summarised here.
+    assert drift["mlflow_run"].startswith("none: ") and "report_every_week" in drift["mlflow_run"]
+    assert "distribution_plot" not in drift
     client = MlflowClient(platform.tracking_uri)
-    run_id = drift["mlflow_run"].rsplit("/", 1)[-1]
+    run_id = small["mlflow_run"].rsplit("/", 1)[-1]
     local = client.download_artifacts(run_id, "drift/drift_report.json", str(platform.root / f"dl-{run_id}"))
     report = json.loads(Path(local).read_text())
-    assert report["week"] == DRIFT_WEEK and report["drift_detected"] and report["prediction"]["drifted"]
-    assert report["thresholds"]["min_rows"] == 30 and report["champion_version"] == drift["champion_version"]
+    assert report["week"] == SMALL_WEEK and report["status"] == "not_enough_data"
+    assert report["thresholds"]["min_rows"] == 30 and report["champion_version"] == small["champion_version"]
 
 
 def test_drift_plots_are_logged_to_mlflow(platform, champion_name):

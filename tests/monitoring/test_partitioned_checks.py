@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 from mlflow.tracking import MlflowClient
 
-from stellar_assets.monitoring.assets import CHECK_DESCRIPTIONS
+from stellar_assets.monitoring.assets import DRIFT_CHECK
 from stellar_mlflow.names import DRIFT_PLOT
 from tests.dagster_support import metadata_of
 from stellar_assets.partitions import observation_weeks
@@ -42,20 +42,20 @@ def test_ranged_drift_report_checks_each_week_against_its_own_materialization(pl
     materialized = {r.partition_key: r for r in records if r.run_id == second.run_id}
     assert sorted(materialized) == WEEKS
     verdicts = {}
-    for check in CHECK_DESCRIPTIONS:
-        for week, evaluation in evaluations_of_run(instance, second.run_id, check).items():
-            target = evaluation.target_materialization_data
-            assert evaluation.partition == week and target is not None, (check, week)
-            assert (target.run_id, target.storage_id) == (second.run_id, materialized[week].storage_id), (check, week)
-            # The week's own verdict: the one its report gives.
-            failed = metadata_of(second, "drift_report", week)["failed_checks"]
-            assert evaluation.passed == (check not in failed), (check, week, failed)
-            assert evaluation.severity == dg.AssetCheckSeverity.WARN
-            verdicts[check, week] = evaluation
-    drifting = verdicts["prediction_drift", DRIFT_WEEK]
-    assert not drifting.passed and DRIFT_WEEK in drifting.description
+    for week, evaluation in evaluations_of_run(instance, second.run_id, DRIFT_CHECK).items():
+        target = evaluation.target_materialization_data
+        assert evaluation.partition == week and target is not None, week
+        assert (target.run_id, target.storage_id) == (second.run_id, materialized[week].storage_id), week
+        # The week's own verdict: the one its report gives.
+        failed = metadata_of(second, "drift_report", week)["failed_checks"]
+        assert evaluation.passed == (not failed), (week, failed)
+        assert sorted(evaluation.metadata["flagged"].value) == sorted(failed), week
+        assert evaluation.severity == dg.AssetCheckSeverity.WARN
+        verdicts[week] = evaluation
+    drifting = verdicts[DRIFT_WEEK]
+    assert not drifting.passed and DRIFT_WEEK in drifting.description and "prediction drift" in drifting.description
     assert all(w == DRIFT_WEEK or w not in drifting.description for w in WEEKS)
-    assert verdicts["prediction_drift", STABLE].passed and STABLE in verdicts["prediction_drift", STABLE].description
+    assert verdicts[STABLE].passed and STABLE in verdicts[STABLE].description
 
 
 def test_drift_plot_is_inline_and_numbers_are_rounded(platform, champion_name):
@@ -73,7 +73,7 @@ def test_drift_plot_is_inline_and_numbers_are_rounded(platform, champion_name):
     assert metadata["distribution_plot_uri"].endswith(DRIFT_PLOT)
     accuracy = metadata["accuracy"]
     assert accuracy == float(f"{accuracy:.3g}")
-    details = {e.check_name: e for e in result.get_asset_check_evaluations()}["data_drift"].metadata["details"].value
+    details = {e.check_name: e for e in result.get_asset_check_evaluations()}[DRIFT_CHECK].metadata["details"].value
     assert re.findall(r"\d+\.\d+", details) and all(
         _significant_digits(n) <= 3 for n in re.findall(r"\d+\.\d+", details)), details
     # The JSON in MLflow keeps full precision; the metadata is it, rounded.

@@ -1,0 +1,130 @@
+"""Per-week cost of predict+drift against Dagster's own floor, measured in the same run (issue 13 §3).
+
+    .venv/bin/python benchmarks/replay_cost.py                  # 52 weeks of 2008, 3 rounds: a few minutes
+    .venv/bin/python benchmarks/replay_cost.py --weeks 8 --rounds 1   # a smoke run
+
+Both on one SQLite Dagster instance in a temporary project home (the embedded
+set-up `make demo` uses), over the same range of weeks, in interleaved rounds:
+- floor: two no-op weekly assets (the second depending on the first), one run
+  over the whole range (BackfillPolicy.single_run), i.e. what Dagster itself
+  spends per week: the run, its planned and materialization events;
+- platform: `predict_and_check` (batch_predictions + drift_report with its
+  weekly checks) over the same range as one run, as the replay runs it, with a
+  champion trained (small replay model) on the weeks before the range.
+Prints seconds per week (median of the rounds, with min and max), the ratio
+(target: at most 2x) and the events each run stored per week.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sdss17_sample.csv.gz"
+FIRST_WEEK = "2008-03-02"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def floor_definitions(partitions_def):
+    import dagster as dg
+
+    @dg.asset(partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run())
+    def floor_first(context) -> None:
+        """Nothing: the floor is Dagster's own per-week work."""
+
+    @dg.asset(partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(), deps=[floor_first])
+    def floor_second(context) -> None:
+        """Nothing, downstream of floor_first."""
+
+    return dg.Definitions(assets=[floor_first, floor_second],
+                          jobs=[dg.define_asset_job("floor", selection=[floor_first, floor_second])])
+
+
+def timed_run(job, instance, tags: dict, weeks: int) -> tuple[float, float]:
+    """(seconds per week, events stored per week) of one run over the range."""
+    started = time.perf_counter()
+    result = job.execute_in_process(instance=instance, run_config=QUIET, tags=tags, raise_on_error=True)
+    seconds = time.perf_counter() - started
+    return seconds / weeks, len(instance.all_logs(result.run_id)) / weeks
+
+
+def prepare(defs, instance, first: str, last: str) -> None:
+    """Ingest the champion's window and the range; train and promote the champion at the week before."""
+    from stellar_app.replay import REPLAY_CHALLENGER, plan_replay
+    from stellar_app.runs import RANGE_END_TAG, RANGE_START_TAG
+    from stellar_assets.settings import load_settings
+
+    settings = load_settings()
+    plan = plan_replay(first, last, settings.training_window_weeks or 104, settings.retrain_cooldown_weeks)
+    ingestion = defs.resolve_job_def("ingestion_job").execute_in_process(
+        instance=instance, run_config=QUIET, tags={RANGE_START_TAG: plan.history_start, RANGE_END_TAG: last},
+        raise_on_error=False)
+    if not ingestion.success:
+        raise SystemExit(f"ingestion of {plan.history_start}..{last} failed")
+    champion = defs.resolve_job_def("train_and_promote").execute_in_process(
+        instance=instance, partition_key=plan.initial_week, raise_on_error=False,
+        run_config={**QUIET, "ops": {"challenger_model": {"config": REPLAY_CHALLENGER}}})
+    if not champion.success:
+        raise SystemExit(f"the champion at {plan.initial_week} was not promoted")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weeks", type=int, default=52, help="weeks in the range, from %s" % FIRST_WEEK)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of floor and platform runs")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    args = parser.parse_args(argv)
+
+    home = Path(tempfile.mkdtemp(prefix="stellar-replay-cost-"))
+    os.environ.update(STELLAR_HOME=str(home), STELLAR_SDSS_CSV=str(args.csv))
+    from stellar_app.home import prepare_home
+    from stellar_app.settings import AppSettings
+
+    prepare_home(AppSettings())
+    import dagster as dg
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    from stellar_app.runs import RANGE_END_TAG, RANGE_START_TAG
+    from stellar_assets.definitions import defs
+    from stellar_assets.partitions import observation_weeks
+    from stellar_core.weeks import Week
+
+    last = (Week.of(FIRST_WEEK) + (args.weeks - 1)).key
+    tags = {RANGE_START_TAG: FIRST_WEEK, RANGE_END_TAG: last}
+    instance = dg.DagsterInstance.get()
+    print(f"project home {home}; range {FIRST_WEEK}..{last} ({args.weeks} weeks); preparing (ingestion, champion)")
+    prepare(defs, instance, FIRST_WEEK, last)
+
+    floor_job = floor_definitions(observation_weeks).resolve_job_def("floor")
+    platform_job = defs.resolve_job_def("predict_and_check")
+    figures: dict[str, list[tuple[float, float]]] = {"floor": [], "platform": []}
+    for round_ in range(args.rounds):
+        figures["floor"].append(timed_run(floor_job, instance, tags, args.weeks))
+        figures["platform"].append(timed_run(platform_job, instance, tags, args.weeks))
+        print(f"round {round_ + 1}: floor {figures['floor'][-1][0]:.3f} s/week, "
+              f"platform {figures['platform'][-1][0]:.3f} s/week", flush=True)
+
+    print(f"\n{'run':<10}{'median s/week':>14}{'min':>8}{'max':>8}{'events/week':>13}")
+    medians = {}
+    for name, rows in figures.items():
+        seconds = [s for s, _ in rows]
+        medians[name] = statistics.median(seconds)
+        print(f"{name:<10}{medians[name]:>14.3f}{min(seconds):>8.3f}{max(seconds):>8.3f}{rows[-1][1]:>13.1f}")
+    ratio = medians["platform"] / medians["floor"]
+    print(f"\npredict+drift per week vs Dagster's floor: {ratio:.2f}x (target <= 2x: {'met' if ratio <= 2 else 'missed'})")
+    last_run = instance.get_runs(filters=dg.RunsFilter(job_name="predict_and_check"), limit=1)[0]
+    kinds = Counter(e.dagster_event.event_type_value for e in instance.all_logs(last_run.run_id) if e.dagster_event)
+    print("platform events by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
+
+
+if __name__ == "__main__":
+    main()
