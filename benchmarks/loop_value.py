@@ -43,6 +43,7 @@ import argparse
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,17 +370,51 @@ def wants_retraining(policy: str, week: Week, start: Week) -> bool:
     return False
 
 
+class Challengers:
+    """The challengers a policy trains. A schedule known in advance is trained `workers` at a time, ahead
+    of the replay (XGBoost releases the GIL; a challenger depends only on its week's window); the
+    platform's, decided week by week, one at a time when asked."""
+
+    def __init__(self, survey: Survey, params: XGBoostParams, scheduled: list[str], workers: int):
+        self.survey, self.params = survey, params
+        self._pool = ThreadPoolExecutor(workers) if scheduled and workers > 1 else None
+        self._ahead = {week: self._pool.submit(self.train, week) for week in scheduled} if self._pool else {}
+
+    def train(self, week: str) -> Model | None:
+        return train_challenger(self.survey, week, self.params)
+
+    def of(self, week: str) -> Model | None:
+        ahead = self._ahead.pop(week, None)
+        return ahead.result() if ahead is not None else self.train(week)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
 def replay_policy(survey: Survey, policy: str, initial: Model, last_week: str | None = None, *,
-                  params: XGBoostParams = CHALLENGER, drift: bool = False) -> PolicyResult:
+                  params: XGBoostParams = CHALLENGER, drift: bool = False, workers: int = 1) -> PolicyResult:
     """Weeks after `initial`'s up to `last_week`, each predicted by the policy's champion of its time."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
     started = time.perf_counter()
-    reports = DriftReports(survey) if drift else None
+    start = Week.of(initial.week)
+    weeks = Week.range(start + 1, last_week or survey.last_week)
+    scheduled = [w.key for w in weeks if wants_retraining(policy, w, start)]
+    challengers = Challengers(survey, params, scheduled, workers)
+    try:
+        records, notes, drift_seconds = _replay_weeks(survey, policy, initial, weeks, challengers,
+                                                      DriftReports(survey) if drift else None)
+    finally:
+        challengers.close()
+    return PolicyResult(policy, records, time.perf_counter() - started, drift_seconds, notes)
+
+
+def _replay_weeks(survey: Survey, policy: str, initial: Model, weeks: list[Week], challengers: Challengers,
+                  reports: DriftReports | None) -> tuple[list[WeekRecord], list[str], float]:
     champion, scores, last_retraining = initial, [], None
     records, notes, drift_seconds = [], [], 0.0
-    start = Week.of(initial.week)
-    for week in Week.range(start + 1, last_week or survey.last_week):
+    for week in weeks:
         key = week.key
         rows = survey.rows_between(key, key)
         correct = correct_of(champion.booster, rows)
@@ -399,11 +434,11 @@ def replay_policy(survey: Survey, policy: str, initial: Model, last_week: str | 
             status = NOT_ENOUGH_DATA if evidence.status == NOT_ENOUGH_DATA else "tested"
             retrain = retraining_decision(key, status, fired, last_retraining, COOLDOWN_WEEKS, False).retrain
         else:
-            retrain = wants_retraining(policy, week, start)
+            retrain = wants_retraining(policy, week, Week.of(initial.week))
         if not retrain:
             continue
         last_retraining = key  # the cool-down runs from a requested retraining, trained or not (as the sensor)
-        challenger = train_challenger(survey, key, params)
+        challenger = challengers.of(key)
         if challenger is None:
             notes.append(f"{key}: retraining requested, but the window cannot be split (not enough rows)")
             continue
@@ -411,12 +446,12 @@ def replay_policy(survey: Survey, policy: str, initial: Model, last_week: str | 
         if policy == PLATFORM:
             record.promoted, why = platform_gate(champion, challenger)
         else:
-            record.promoted, why = not challenger.problems, "; ".join(challenger.problems) or "floors pass"
+            record.promoted, why = not challenger.problems, "; ".join(challenger.problems)
         if record.promoted:
             champion, scores = challenger, []
         elif challenger.problems:
             notes.append(f"{key}: challenger blocked by the floors: {why}")
-    return PolicyResult(policy, records, time.perf_counter() - started, drift_seconds, notes)
+    return records, notes, drift_seconds
 
 
 # ---------------------------------------------------------------- tables
@@ -581,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the whole table in well under a minute (figures not meant to be read)")
     parser.add_argument("--aa-trials", type=int, default=MIN_AA_TRIALS, help="A/A trials on real models (>= 200)")
     parser.add_argument("--sim-trials", type=int, default=2000, help="simulated paired tables for the power")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="threads training a scheduled policy's challengers ahead of its replay (default 2: the cores)")
     parser.add_argument("--seed", type=int, default=2026, help="seed of the A/A trials and simulations")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"timeline plot (PNG; default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
@@ -588,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.csv} does not exist (the shared sample lives in ../shared/data beside the checkout)")
     if args.smoke:
         args.aa_trials, args.sim_trials = min(args.aa_trials, SMOKE_AA_TRIALS), min(args.sim_trials, SMOKE_SIM_TRIALS)
-    elif args.aa_trials < MIN_AA_TRIALS:
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if not args.smoke and args.aa_trials < MIN_AA_TRIALS:
         parser.error(f"--aa-trials must be at least {MIN_AA_TRIALS} for a rate near 5% to mean anything, "
                      f"got {args.aa_trials}")
     started = time.perf_counter()
@@ -607,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
           f"trained in {initial.seconds:.1f} s; replay {(Week.of(initial.week) + 1).key} .. {last_week}")
     results = {}
     for policy in POLICIES:
-        results[policy] = replay_policy(survey, policy, initial, last_week, drift=policy == PLATFORM)
+        results[policy] = replay_policy(survey, policy, initial, last_week, drift=policy == PLATFORM,
+                                        workers=args.workers)
         print(f"  {policy}: {results[policy].seconds:.1f} s", file=sys.stderr)
     print_policies(results)
     print_eras(results[PLATFORM], survey)
