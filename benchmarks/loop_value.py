@@ -1,7 +1,7 @@
 """The value of the loop, measured: the whole survey replayed week by week under four policies (not a timed test).
 
     .venv/bin/python benchmarks/loop_value.py            # 2000-03-05 .. 2020-03-22, 200 A/A trials: minutes
-    .venv/bin/python benchmarks/loop_value.py --smoke    # half a year after the first champion, 10 A/A trials
+    .venv/bin/python benchmarks/loop_value.py --smoke    # 20 weeks after the first champion, 6 A/A trials
 
 This benchmark compares retraining policies with the platform's pure decision
 rules (stellar_core: promotion, performance, training, drift, features, weeks);
@@ -130,7 +130,7 @@ ERAS = (("SDSS-I/II", SURVEY_FIRST_WEEK), ("SEGUE", Week.of("2008-07-01").key),
 
 PLATFORM, NEVER, EVERY_WEEK, EVERY_13 = "platform", "never retrain", "every week", f"every {SCHEDULE_WEEKS} weeks"
 POLICIES = (PLATFORM, NEVER, EVERY_WEEK, EVERY_13)
-SMOKE_WEEKS, SMOKE_AA_TRIALS, SMOKE_SIM_TRIALS = 26, 10, 200
+SMOKE_WEEKS, SMOKE_AA_TRIALS, SMOKE_SIM_TRIALS = 20, 6, 200
 MIN_AA_TRIALS = 200
 
 
@@ -559,36 +559,55 @@ def block_accuracy(records: list[WeekRecord], weeks: int = WORST_SPAN_WEEKS):
 
 
 def plot_timeline(results: dict[str, PolicyResult], out: Path) -> None:
+    """Top: accuracy per 4 weeks of each policy, the platform's decisions; bottom: the platform's weekly
+    signals (drift tests and its trigger) and decisions; era boundaries on both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(15, 5.5))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(15, 8), sharex=True, height_ratios=(3, 1.4))
     lowest = 1.0
     for policy, result in results.items():
         starts, values = block_accuracy(result.records)
         lowest = min(lowest, float(np.nanmin(values)))
-        ax.plot(starts, values, lw=1.6 if policy == PLATFORM else 0.9, label=f"{policy} ({result.accuracy:.4f})",
-                zorder=3 if policy == PLATFORM else 2)
-    bottom = max(0.0, lowest - 0.03)
+        top.plot(starts, values, lw=1.6 if policy == PLATFORM else 0.9, label=f"{policy} ({result.accuracy:.4f})",
+                 zorder=3 if policy == PLATFORM else 2)
+    floor = max(0.0, lowest - 0.03)
     platform = results[PLATFORM].records
-    retrained = [Week.of(r.week).start for r in platform if r.retrained and not r.promoted]
     promoted = [Week.of(r.week).start for r in platform if r.promoted]
-    ax.plot(retrained, [bottom + 0.01] * len(retrained), "|", ms=12, color="grey",
-            label="platform: retrained, champion kept")
-    ax.plot(promoted, [bottom + 0.01] * len(promoted), "^", ms=7, color="black", label="platform: promoted")
+    top.plot(promoted, [floor + 0.01] * len(promoted), "^", ms=7, color="black", label="platform: promoted")
+    top.set_ylim(floor, 1.0)
+    top.set_ylabel(f"accuracy per {WORST_SPAN_WEEKS} weeks (row-weighted)")
+    top.set_title("Champion of the time, per retraining policy (shared SDSS17 sample)")
+    top.legend(loc="lower left", fontsize=8, ncol=3)
+    signals = (*DRIFT_FAMILIES, DEGRADATION_TRIGGER, "retrained", "promoted")
+    for row, name in enumerate(signals):
+        weeks = [Week.of(r.week).start for r in platform if _signal(r, name)]
+        bottom.plot(weeks, [row] * len(weeks), "|", ms=9, color="black" if row >= len(DRIFT_FAMILIES) else "tab:red")
+    bottom.set_yticks(range(len(signals)), [f"platform: {s}" for s in signals], fontsize=8)
+    bottom.set_ylim(len(signals) - 0.5, -0.5)
+    first, last = platform[0].week, platform[-1].week
     for name, start in ERAS:
-        ax.axvline(Week.of(start).start, color="tab:grey", ls="--", lw=0.8)
-        ax.text(Week.of(start).start, 1.003, f" {name}", va="bottom", fontsize=9)
-    ax.set_ylim(bottom, 1.0)
-    ax.set_ylabel(f"accuracy per {WORST_SPAN_WEEKS} weeks (row-weighted)")
-    ax.set_title("Champion of the time, per retraining policy (shared SDSS17 sample)", pad=18)
-    ax.legend(loc="lower left", fontsize=8, ncol=3)
+        shown = max(start, first)
+        if shown > last:
+            continue
+        for ax in (top, bottom):
+            ax.axvline(Week.of(shown).start, color="tab:grey", ls="--", lw=0.8)
+        top.text(Week.of(shown).start, 0.99, f" {name}", va="top", fontsize=9, transform=top.get_xaxis_transform())
+    top.set_xlim(Week.of(first).start, Week.of(last).start)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def _signal(record: WeekRecord, name: str) -> bool:
+    if name == DEGRADATION_TRIGGER:
+        return record.degraded
+    if name in ("retrained", "promoted"):
+        return getattr(record, name)
+    return record.flags.get(name, False)
 
 
 # ---------------------------------------------------------------- main
