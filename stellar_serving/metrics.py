@@ -49,6 +49,12 @@ class ServerMetrics:
         self.compiles = Counter(
             "stellar_compiled_predictor_total", "compiled-predictor preparations by outcome (compiled, reused, "
             "unavailable, failed, mismatch, cancelled, skipped, off)", ["outcome"], registry=r)
+        # Per-call metrics, their children looked up once (labels() takes a lock and checks the values: ~2 us).
+        self.requests_of = _Children(self.requests)
+        self.errors_of = _Children(self.errors)
+        self.latency_of = _Children(self.latency)
+        self.batch_size_of = _Children(self.batch_size)
+        self.objects_of = _Children(self.objects)
         self._http = None
         self.port: int | None = None
         self._info_labels: tuple | None = None
@@ -86,6 +92,22 @@ class ServerMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _Children:
+    """`metric.labels(*values)`, remembered by values: the same child object prometheus_client gives.
+
+    Only for metrics whose children are never removed (remove() would orphan a remembered child)."""
+
+    def __init__(self, metric) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def __call__(self, *values: str):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children.setdefault(values, self._metric.labels(*values))
+        return child
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

@@ -394,10 +394,10 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
 
     def _record(self, method: str, code: str, seconds: float, context, details: str = "") -> None:
         m = self._metrics
-        m.requests.labels(method, code).inc()
-        m.latency.labels(method).observe(seconds)
+        m.requests_of(method, code).inc()
+        m.latency_of(method).observe(seconds)
         if code != "OK":
-            m.errors.labels(method, code).inc()
+            m.errors_of(method, code).inc()
             level = (logging.ERROR if code in ("UNKNOWN", "INTERNAL")
                      else logging.INFO if code == "CANCELLED" else logging.WARNING)
             details = bounded(details)

@@ -92,8 +92,8 @@ class _Predicting:
 
     def _predict(self, model: LoadedModel, inputs: np.ndarray, method: str) -> np.ndarray:
         proba = self.batcher.predict(model, inputs)
-        self.metrics.batch_size.labels(method).observe(len(inputs))
-        self.metrics.objects.labels(method).inc(len(inputs))
+        self.metrics.batch_size_of(method).observe(len(inputs))
+        self.metrics.objects_of(method).inc(len(inputs))
         return proba
 
 
@@ -152,8 +152,8 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
         _check_deadline(context)
         model = _current(self.store, context)  # once: every explanation comes from this version
         contributions = self.explainer.contributions(model, inputs)
-        self.metrics.batch_size.labels("Explain").observe(len(inputs))
-        self.metrics.objects.labels("Explain").inc(len(inputs))
+        self.metrics.batch_size_of("Explain").observe(len(inputs))
+        self.metrics.objects_of("Explain").inc(len(inputs))
         return explain_response(request.objects, contributions, model)
 
     # -- model ------------------------------------------------------------------------
