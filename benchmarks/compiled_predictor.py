@@ -13,6 +13,17 @@ measures, in interleaved repeats, the three predictors the server can use:
 for requests of 1 to 1000 rows, and prints the median time per call and the
 ratio to the faster XGBoost predictor of the same size. The first size where
 compiled is no longer faster is the STELLAR_COMPILED_MAX_ROWS to choose.
+
+In a server, the trees are not in the CPU's caches when a request comes: the
+gRPC and Python work between two calls evicts them (the compiled library of a
+400-round model is ~1.8 MB of code). `--cold` also times one-row calls after
+evicting the caches (reading a 32 MB buffer), which is what a served call pays.
+
+`--flat` adds a prototype that is not served: the trees as flat arrays
+(complete binary trees in level order, 16 trees walked side by side so their
+cache misses overlap), evaluated by a few lines of generic C compiled with the
+same compiler. It measures how much a compact layout would save against the
+compiled code; its answers are checked against XGBoost like the others.
 Timings are printed, never asserted.
 """
 
@@ -60,11 +71,141 @@ def median_call_seconds(predict, chunks: list[np.ndarray]) -> float:
     return float(np.median(times))
 
 
+# The --flat prototype: one generic evaluator for any model laid out as complete trees.
+FLAT_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#define LANES 16
+/* Tree t's internal node i (level order, children 2i+1 and 2i+2) is at t * n_internal + i;
+   missing values go right where default_right is 1 (XGBoost: x < threshold goes left). */
+static int64_t walk(const float* x, int64_t node0, int64_t i, const float* thresholds, const uint8_t* features,
+                    const uint8_t* default_right) {
+  const int64_t node = node0 + i;
+  const float v = x[features[node]];
+  const int right = isnan(v) ? default_right[node] : !(v < thresholds[node]);
+  return 2 * i + 1 + right;
+}
+void predict_margins(const float* rows, int64_t n_rows, int64_t n_features, const float* thresholds,
+                     const uint8_t* features, const uint8_t* default_right, const float* leaves,
+                     const int32_t* groups, int64_t n_trees, int32_t depth, const float* base, int32_t n_groups,
+                     float* out) {
+  const int64_t n_internal = ((int64_t)1 << depth) - 1, n_leaves = (int64_t)1 << depth;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const float* x = rows + r * n_features;
+    float* o = out + r * n_groups;
+    for (int32_t g = 0; g < n_groups; ++g) o[g] = base[g];
+    int64_t t = 0;
+    for (; t + LANES <= n_trees; t += LANES) {  /* LANES independent walks: their cache misses overlap */
+      int64_t at[LANES] = {0};
+      for (int32_t d = 0; d < depth; ++d)
+        for (int j = 0; j < LANES; ++j) at[j] = walk(x, (t + j) * n_internal, at[j], thresholds, features, default_right);
+      for (int j = 0; j < LANES; ++j) o[groups[t + j]] += leaves[(t + j) * n_leaves + at[j] - n_internal];
+    }
+    for (; t < n_trees; ++t) {
+      int64_t i = 0;
+      for (int32_t d = 0; d < depth; ++d) i = walk(x, t * n_internal, i, thresholds, features, default_right);
+      o[groups[t]] += leaves[t * n_leaves + i - n_internal];
+    }
+  }
+}
+"""
+
+
+class FlatTrees:
+    """The --flat prototype: XGBoost's trees padded to complete trees of the model's depth, as arrays."""
+
+    def __init__(self, booster, folder: Path, compiler: str, probe: np.ndarray) -> None:
+        import ctypes
+        import json
+        import subprocess
+
+        model = json.loads(bytes(booster.save_raw(raw_format="json")))["learner"]["gradient_booster"]["model"]
+        trees = model["trees"]
+        if any(any(tree.get("split_type", [])) for tree in trees):
+            raise ValueError("the --flat prototype handles numeric splits only")
+        self.depth = max(_depth(tree, 0) for tree in trees)
+        n_internal, n_leaves = 2 ** self.depth - 1, 2 ** self.depth
+        self.thresholds = np.full((len(trees), n_internal), np.inf, dtype=np.float32)  # padding: always left
+        self.features = np.zeros((len(trees), n_internal), dtype=np.uint8)
+        self.default_right = np.zeros((len(trees), n_internal), dtype=np.uint8)
+        self.leaves = np.zeros((len(trees), n_leaves), dtype=np.float32)
+        for t, tree in enumerate(trees):
+            self._lay_out(t, tree, 0, 0, 0)
+        self.groups = np.asarray(model["tree_info"], dtype=np.int32)
+        self.n_groups = int(self.groups.max()) + 1
+        source, library = folder / "flat.c", folder / "flat.so"
+        source.write_text(FLAT_SOURCE)
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+        self._lib = ctypes.CDLL(str(library))
+        fn = self._lib.predict_margins
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+        fn.argtypes = [p, i64, i64, p, p, p, p, p, i64, i32, p, i32, p]
+        fn.restype = None
+        self._fn = fn
+        # The base margin (XGBoost's intercept), read off XGBoost's own margins on probe rows.
+        import xgboost as xgb
+
+        margins = booster.predict(xgb.DMatrix(probe), output_margin=True, validate_features=False)
+        self.base = np.zeros(self.n_groups, dtype=np.float32)  # margins() below then sums the leaves alone
+        self.base = np.median(margins - self.margins(probe), axis=0).astype(np.float32)
+
+    def _lay_out(self, t: int, tree: dict, node: int, slot: int, level: int) -> None:
+        left = tree["left_children"][node]
+        if left == -1:  # a leaf above the last level fills every leaf slot below its slot
+            first = last = slot
+            for _ in range(self.depth - level):
+                first, last = 2 * first + 1, 2 * last + 2
+            n_internal = 2 ** self.depth - 1
+            self.leaves[t, first - n_internal:last - n_internal + 1] = tree["split_conditions"][node]
+            return
+        self.thresholds[t, slot] = tree["split_conditions"][node]
+        self.features[t, slot] = tree["split_indices"][node]
+        self.default_right[t, slot] = 0 if tree["default_left"][node] else 1
+        self._lay_out(t, tree, left, 2 * slot + 1, level + 1)
+        self._lay_out(t, tree, tree["right_children"][node], 2 * slot + 2, level + 1)
+
+    def margins(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        out = np.empty((len(rows), self.n_groups), dtype=np.float32)
+        self._fn(rows.ctypes.data, len(rows), rows.shape[1], self.thresholds.ctypes.data, self.features.ctypes.data,
+                 self.default_right.ctypes.data, self.leaves.ctypes.data, self.groups.ctypes.data, len(self.groups),
+                 self.depth, self.base.ctypes.data, self.n_groups, out.ctypes.data)
+        return out
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        margins = self.margins(rows)
+        exp = np.exp(margins - margins.max(axis=1, keepdims=True))  # softmax, as multi:softprob
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _depth(tree: dict, node: int) -> int:
+    left = tree["left_children"][node]
+    if left == -1:
+        return 0
+    return 1 + max(_depth(tree, left), _depth(tree, tree["right_children"][node]))
+
+
+def cold_call_seconds(predict, rows: np.ndarray, calls: int = 200) -> float:
+    """Median time of one-row calls, each after reading a buffer larger than the CPU's private caches."""
+    evict = np.ones(8 << 20, dtype=np.float32)  # 32 MB
+    times = []
+    for k in range(calls):
+        row = rows[k * 7 % len(rows):][:1]
+        evict.sum()
+        start = time.perf_counter()
+        predict(row)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-rounds", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved measurement rounds")
     parser.add_argument("--compiler", default="gcc")
+    parser.add_argument("--cold", action="store_true", help="also time one-row calls after evicting the caches")
+    parser.add_argument("--flat", action="store_true",
+                        help="also measure the flat-array prototype (not served; see the module's doc)")
     args = parser.parse_args(argv)
 
     from stellar_serving import compiled
@@ -86,26 +227,38 @@ def main(argv: list[str] | None = None) -> int:
         compile_cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         fast = compiled.CompiledPredictor(path, rows.shape[1], 3)
         worst = compiled.max_difference(fast, xgb_one, rows[:2000])
+        predictors = {"xgboost 1 thread": xgb_one, "xgboost all cores": xgb_all, "compiled": fast}
+        if args.flat:
+            predictors["flat"] = flat = FlatTrees(booster, Path(tmp), args.compiler, rows[:256])
+            worst_flat = compiled.max_difference(flat, xgb_one, rows[:2000])
         results: dict[tuple[str, int], list[float]] = {}
+        cold: dict[str, list[float]] = {}
         for repeat in range(args.repeats):
             for size in SIZES:
                 calls = max(5, min(300, 3000 // size))
                 starts = (repeat * 7919 + np.arange(calls) * size) % (len(rows) - size)
                 chunks = [rows[s:s + size] for s in starts]
-                for name, predict in (("xgboost 1 thread", xgb_one), ("xgboost all cores", xgb_all),
-                                      ("compiled", fast)):
+                for name, predict in predictors.items():
                     results.setdefault((name, size), []).append(median_call_seconds(predict, chunks))
+            for name, predict in predictors.items() if args.cold else ():
+                cold.setdefault(name, []).append(cold_call_seconds(predict, rows[repeat * 997:]))
 
     print(f"\n{args.model_rounds}-round model, {os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f}; "
           f"compile: {compile_seconds:.1f} s wall, {compile_cpu:.1f} s CPU (at nice {compiled.COMPILE_NICENESS}); "
-          f"max |compiled - xgboost| on 2000 rows: {worst:.2g}\n")
-    print(f"{'rows':>5} {'xgboost 1 thread':>17} {'xgboost all cores':>18} {'compiled':>10} {'compiled/best xgb':>18}")
+          f"max |compiled - xgboost| on 2000 rows: {worst:.2g}"
+          + (f"; max |flat - xgboost|: {worst_flat:.2g}" if args.flat else "") + "\n")
+    flat_header = f" {'flat':>10} {'flat/compiled':>14}" if args.flat else ""
+    print(f"{'rows':>5} {'xgboost 1 thread':>17} {'xgboost all cores':>18} {'compiled':>10} {'compiled/best xgb':>18}"
+          + flat_header)
     for size in SIZES:
-        ms = {name: 1e3 * float(np.median(results[(name, size)]))
-              for name in ("xgboost 1 thread", "xgboost all cores", "compiled")}
+        ms = {name: 1e3 * float(np.median(results[(name, size)])) for name in predictors}
         best = min(ms["xgboost 1 thread"], ms["xgboost all cores"])
+        flat_cells = f" {ms['flat']:>7.3f} ms {ms['flat'] / ms['compiled']:>13.2f}x" if args.flat else ""
         print(f"{size:>5} {ms['xgboost 1 thread']:>14.3f} ms {ms['xgboost all cores']:>15.3f} ms "
-              f"{ms['compiled']:>7.3f} ms {ms['compiled'] / best:>17.2f}x")
+              f"{ms['compiled']:>7.3f} ms {ms['compiled'] / best:>17.2f}x" + flat_cells)
+    if cold:
+        print("\none row after evicting the caches (what a served call pays), median: "
+              + ", ".join(f"{name} {1e3 * float(np.median(v)):.3f} ms" for name, v in cold.items()))
     return 0
 
 
