@@ -7,9 +7,11 @@
                                                                  '- beats_champion   (WARN, not blocking)
 
 A broken challenger fails a blocking check: the run fails and champion_model is
-skipped. A challenger that loses to the champion only fails the WARN check:
-champion_model runs, records "retained", and the run succeeds. Each asset's
-steps live beside it: challenger.py, gate.py (the comparison), decision.py.
+skipped. The step fails with a dg.Failure stating the gate's decision ("challenger vN
+not promoted: blocked by the gate — <check>: <why>; champion vM stays"), the failed
+checks' figures as its metadata. A challenger that loses to the champion only fails
+the WARN check: champion_model runs, records "retained", and the run succeeds. Each
+asset's steps live beside it: challenger.py, gate.py (the comparison), decision.py.
 """
 
 import dagster as dg
@@ -25,6 +27,7 @@ from stellar_assets.training.challenger import (
     blocking_check_results,
     blocking_problems,
     challenger_metadata,
+    gate_failure,
     log_and_register,
     resolve_params,
     train_and_measure,
@@ -190,14 +193,21 @@ def _challenger_asset(window_weeks: int | None) -> dg.AssetsDefinition:
         }
         yield dg.Output(record, metadata=challenger_metadata(model_registry, version, lineage, run.info.experiment_id,
                                                              params, sources, trained, len(train)))
-        yield from blocking_check_results(gate, problems, trained, version)
+        checks = blocking_check_results(gate, problems, trained, version)
+        yield from checks
         outcome = compare_with_incumbent(model_registry.client(), model_registry.model_name, version, test, week,
                                          gate, is_degradation_retrain(context.run.tags))
-        yield dg.AssetCheckResult(
+        verdict = dg.AssetCheckResult(
             check_name="beats_champion", passed=outcome.promote,
             severity=dg.AssetCheckSeverity.WARN, description=outcome.reason,
             metadata=comparison_check_metadata(outcome),
         )
+        yield verdict
+        if any(problems.values()):
+            # After every check result: the step's failure is the gate's decision, not Dagster's generic one.
+            champion = str(outcome.incumbent.version) if outcome.incumbent else None
+            raise gate_failure(record, checks, verdict, champion,
+                               model_registry.run_url(run.info.experiment_id, run.info.run_id))
 
     return challenger_model
 

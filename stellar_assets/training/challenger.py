@@ -216,3 +216,35 @@ def blocking_check_results(gate: PromotionGate, problems: dict[str, list[str]], 
                       "batch_ms_per_1000_rows": latency["batch_ms_per_1000_rows"],
                       "batch_budget_ms_per_1000_rows": gate.batch_latency_budget_ms_per_1000_rows}),
     ]
+
+
+GATE_BLOCKED = "blocked by the gate"
+
+
+def blocked_decision(version: str, problems: dict[str, list[str]], champion_version: str | None) -> str:
+    """The gate's decision on a challenger that failed a blocking check, as a person reads it."""
+    reasons = "; ".join(f"{name}: {'; '.join(listed)}" for name, listed in problems.items() if listed)
+    stays = f"champion v{champion_version} stays" if champion_version else "there is no champion yet"
+    return f"challenger v{version} not promoted: {GATE_BLOCKED} — {reasons}; {stays}"
+
+
+def gate_failure(record: dict, checks: list[dg.AssetCheckResult], beats_champion: dg.AssetCheckResult,
+                 champion_version: str | None, run_url: str) -> dg.Failure:
+    """The step failure of a challenger the gate blocked, raised once every check result is yielded: the
+    step fails with the decision and its figures instead of Dagster's generic "blocking asset check failed"
+    error. No retries: the same rows and parameters give the same verdict."""
+    failed = {name: listed for name, listed in record["gate_problems"].items() if listed}
+    metadata = {
+        "decision": GATE_BLOCKED,
+        "challenger_version": dg.MetadataValue.text(record["version"]),
+        "champion_version": dg.MetadataValue.text(str(champion_version)),
+        "failed_checks": dg.MetadataValue.json(failed),
+        "mlflow_run": dg.MetadataValue.url(run_url),
+    }
+    for result in checks:
+        if not result.passed:
+            metadata.update({f"{result.check_name}.{key}": value for key, value in result.metadata.items()})
+    # Not blocking, and evaluated all the same: the comparison a person would look for next.
+    metadata["beats_champion"] = beats_champion.description
+    return dg.Failure(description=blocked_decision(record["version"], failed, champion_version),
+                      metadata=metadata, allow_retries=False)

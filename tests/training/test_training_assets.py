@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
 from stellar_assets.training import describe_champion
+from stellar_app.runs import failure_text
 from stellar_mlflow.registry import champion_as_of, get_alias_version
 from tests.dagster_support import check_of, metadata_of
 from tests.training.scenario import EARLY_WEEK, LATE_WEEK, STRONG, WEAK
@@ -16,6 +17,39 @@ from tests.training.scenario import EARLY_WEEK, LATE_WEEK, STRONG, WEAK
 
 def _client(store) -> MlflowClient:
     return MlflowClient(store.tracking_uri)
+
+
+def _step_failures(result) -> dict:
+    """step key -> its StepFailureData."""
+    return {e.step_key: e.step_failure_data for e in result.all_events if e.is_step_failure}
+
+
+def _assert_blocked_by_the_gate(result, failed_check: str, champion_words: str):
+    """Blocking stays blocking (the run fails, champion_model never runs), but the step failure is the
+    gate's decision in words with the failed check's figures, not Dagster's generic check error."""
+    assert result.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    assert result.is_node_untouched("champion_model")
+    check = check_of(result, failed_check)
+    assert not check.passed and check.blocking and check.severity == dg.AssetCheckSeverity.ERROR
+    failures = _step_failures(result)
+    assert list(failures) == ["challenger_model"]
+    failure = failures["challenger_model"]
+    assert failure.error.cls_name == "Failure"  # not DagsterAssetCheckFailedError
+    version = metadata_of(result, "challenger_model")["model_version"]
+    decision = failure.user_failure_data.description
+    assert decision == (f"challenger v{version} not promoted: blocked by the gate — "
+                        f"{failed_check}: {check.description}; {champion_words}")
+    figures = {k: v.value for k, v in failure.user_failure_data.metadata.items()}
+    assert figures["decision"] == "blocked by the gate" and figures["challenger_version"] == version
+    assert figures["failed_checks"] == {failed_check: check.description.split("; ")}
+    for key, value in check.metadata.items():
+        assert figures[f"{failed_check}.{key}"] == value.value
+    # The WARN comparison still ran and says so; it does not unblock anything.
+    verdict = check_of(result, "beats_champion")
+    assert verdict.severity == dg.AssetCheckSeverity.WARN and figures["beats_champion"] == verdict.description
+    # The replay's one line per decision still names the failed check in its own words.
+    assert failure_text(result).startswith(f"{failed_check}: ") and check.description in failure_text(result)
+    return figures
 
 
 def test_better_challenger_is_promoted_and_alias_matches_metadata(store, model_name):
@@ -86,6 +120,9 @@ def test_challenger_below_floors_is_blocked(store, model_name):
     # Its MLflow run records the failed gate instead of a green "Finished".
     run = client.get_run(metadata_of(result, "challenger_model")["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["gate_status"].startswith("failed: accuracy")
+    figures = _assert_blocked_by_the_gate(result, "quality_floors", f"champion v{champion_before.version} stays")
+    assert figures["champion_version"] == str(champion_before.version)
+    assert figures["quality_floors.accuracy_floor"] == 0.95
 
 
 def test_latency_over_budget_is_blocked(store, model_name):
@@ -94,6 +131,8 @@ def test_latency_over_budget_is_blocked(store, model_name):
     latency = check_of(result, "latency_budget")
     assert not latency.passed and "budget 0.000 ms" in latency.description
     assert get_alias_version(_client(store), model_name) is None
+    figures = _assert_blocked_by_the_gate(result, "latency_budget", "there is no champion yet")
+    assert figures["champion_version"] == "None"
 
 
 def test_same_partition_twice_gives_same_split_and_metrics(store, model_name):
