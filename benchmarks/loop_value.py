@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-week", help="last week replayed (default: the survey's last, 2020-03-22)")
     parser.add_argument("--smoke", action="store_true",
                         help=f"{SMOKE_WEEKS} weeks after the first champion, {SMOKE_AA_TRIALS} A/A trials: "
-                        "the whole table in well under a minute (figures not meant to be read)")
+                        "the whole table in seconds after the imports (figures not meant to be read)")
     parser.add_argument("--aa-trials", type=int, default=MIN_AA_TRIALS, help="A/A trials on real models (>= 200)")
     parser.add_argument("--sim-trials", type=int, default=2000, help="simulated paired tables for the power")
     parser.add_argument("--workers", type=int, default=2,
