@@ -295,8 +295,10 @@ def target(ok: bool | None, name: str, figures: str) -> dict:
 
 
 def section5_targets(by: dict, floor_batch: dict | None, prefix: str = "") -> list[dict]:
-    """Every target of issue 14 section 5 for the server whose path names start with `prefix`
-    (a target whose paths were not measured, e.g. left out by --only, says so)."""
+    """Every target of issue 14 section 5 for the server whose path names start with `prefix`.
+
+    For the main server (no prefix), a target whose paths were not measured (left out by --only, or
+    MLServer did not run) says so; a prefixed server lists only the targets it has paths for."""
     unary, health = by.get(f"{prefix}grpc Classify, concurrency 1"), by.get(f"{prefix}grpc Health.Check, concurrency 1")
     unary16, batch = by.get(f"{prefix}grpc Classify, concurrency 16"), by.get(f"{prefix}grpc ClassifyBatch, {BATCH}/call")
     rest16 = by.get("mlflow REST, 1 object, concurrency 16")
@@ -308,7 +310,7 @@ def section5_targets(by: dict, floor_batch: dict | None, prefix: str = "") -> li
     if unary and health:
         ratio = unary["p50_ms"] / health["p50_ms"]
         out.append(target(ratio <= 1.2, name, f"{unary['p50_ms']:.3f} ms vs {health['p50_ms']:.3f} ms: {ratio:.2f}x"))
-    else:
+    elif not prefix:
         out.append(target(None, name, _not_measured()))
     name = "c16 calls/s >= 2.5 x MLServer (v2 ModelInfer, same tritonclient calls)"
     if ml16 and v2_16:
@@ -317,28 +319,28 @@ def section5_targets(by: dict, floor_batch: dict | None, prefix: str = "") -> li
                 if unary16 else "")
         out.append(target(ratio >= 2.5, name, f"{v2_16['throughput']:.0f} vs {ml16['throughput']:.0f} calls/s: "
                                               f"{ratio:.2f}x{also}"))
-    else:
-        out.append(target(None, name, _not_measured(why="MLServer did not run" if not ml16 else "")))
+    elif not prefix:
+        out.append(target(None, name, _not_measured(why=NO_MLSERVER if not ml16 else "")))
     name = "c16 calls/s >= 10 x mlflow models serve (Classify vs REST /invocations)"
     if unary16 and rest16:
         ratio = unary16["throughput"] / rest16["throughput"]
         out.append(target(ratio >= 10, name,
                           f"{unary16['throughput']:.0f} vs {rest16['throughput']:.0f} calls/s: {ratio:.1f}x"))
-    else:
+    elif not prefix:
         out.append(target(None, name, _not_measured()))
     name = f"v2 {BATCH}-row batches rows/s >= 1.5 x MLServer"
     if ml_batch and v2_batch:
         ratio = v2_batch["throughput"] / ml_batch["throughput"]
         out.append(target(ratio >= 1.5, name,
                           f"{v2_batch['throughput']:.0f} vs {ml_batch['throughput']:.0f} rows/s: {ratio:.2f}x"))
-    else:
-        out.append(target(None, name, _not_measured(why="MLServer did not run" if not ml_batch else "")))
+    elif not prefix:
+        out.append(target(None, name, _not_measured(why=NO_MLSERVER if not ml_batch else "")))
     name = "ClassifyBatch rows/s >= 0.8 x the in-process floor"
     if batch and floor_batch:
         ratio = batch["throughput"] / floor_batch["throughput"]
         out.append(target(ratio >= 0.8, name, f"{batch['throughput']:.0f} vs {floor_batch['throughput']:.0f} rows/s "
                                               f"({floor_batch['name']}): {ratio:.2f}x"))
-    else:
+    elif not prefix:
         out.append(target(None, name, _not_measured()))
     name = "Explain p50 for one object <= 3 ms"
     if explain:
@@ -347,6 +349,9 @@ def section5_targets(by: dict, floor_batch: dict | None, prefix: str = "") -> li
     elif not prefix:
         out.append(target(None, name, "not measured: no Explain RPC, or the path was left out (--only)"))
     return out
+
+
+NO_MLSERVER = "MLServer did not run, or its paths were left out (--only)"
 
 
 def _not_measured(why: str = "") -> str:
