@@ -24,6 +24,10 @@ evicting the caches (reading a 32 MB buffer), which is what a served call pays.
 cache misses overlap), evaluated by a few lines of generic C compiled with the
 same compiler. It measures how much a compact layout would save against the
 compiled code; its answers are checked against XGBoost like the others.
+`--explain` times what the Explain RPC computes for one object: XGBoost's
+exact TreeSHAP (`pred_contribs`) on a one-thread copy of the booster, for the
+first 1, 100, 200 and all rounds (its cost per round), and with the rounds
+split over two threads (two sliced boosters, contributions summed).
 Timings are printed, never asserted.
 """
 
@@ -198,6 +202,37 @@ def cold_call_seconds(predict, rows: np.ndarray, calls: int = 200) -> float:
     return float(np.median(times))
 
 
+def explain_costs(booster, rows: np.ndarray, calls: int = 100) -> None:
+    """Median time of pred_contribs for one object, by rounds, and with the rounds split over two threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import xgboost as xgb
+
+    def one_thread(model):
+        model = model.copy()
+        model.set_param({"nthread": 1})
+        return model
+
+    def contribs(model, row):
+        return model.predict(xgb.DMatrix(row, nthread=1), pred_contribs=True, strict_shape=True,
+                             validate_features=False)
+
+    rounds = booster.num_boosted_rounds()
+    chunks = [rows[k * 13:k * 13 + 1] for k in range(calls)]
+    print(f"\nExplain, one object, exact TreeSHAP (pred_contribs), one thread, 1-min load {os.getloadavg()[0]:.1f}:")
+    for k in sorted({1, min(100, rounds), min(200, rounds), rounds}):
+        model = one_thread(booster[0:k])
+        ms = 1e3 * median_call_seconds(lambda row: contribs(model, row), chunks)
+        print(f"  first {k:>4} rounds: {ms:7.3f} ms")
+    halves = [one_thread(booster[0:rounds // 2]), one_thread(booster[rounds // 2:rounds])]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        def split(row):
+            other = pool.submit(contribs, halves[1], row)
+            return contribs(halves[0], row) + other.result()  # the bias holds the base margin twice: timing only
+        ms = 1e3 * median_call_seconds(split, chunks)
+    print(f"  all {rounds} rounds split over two threads: {ms:7.3f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-rounds", type=int, default=400)
@@ -206,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="also time one-row calls after evicting the caches")
     parser.add_argument("--flat", action="store_true",
                         help="also measure the flat-array prototype (not served; see the module's doc)")
+    parser.add_argument("--explain", action="store_true", help="also time TreeSHAP for one object (see above)")
     args = parser.parse_args(argv)
 
     from stellar_serving import compiled
@@ -259,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     if cold:
         print("\none row after evicting the caches (what a served call pays), median: "
               + ", ".join(f"{name} {1e3 * float(np.median(v)):.3f} ms" for name, v in cold.items()))
+    if args.explain:
+        explain_costs(booster, rows)
     return 0
 
 
