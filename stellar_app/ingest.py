@@ -15,6 +15,7 @@ from collections import Counter
 import dagster as dg
 
 from stellar_app.home import prepare_home
+from stellar_app.location import CodeLocation
 from stellar_app.runs import RANGE_END_TAG, RANGE_START_TAG, print_failures, say
 from stellar_app.settings import AppSettings
 from stellar_core.sources.placement import WeekSpan
@@ -82,7 +83,7 @@ def run_ingestion(first_week: str | None = None, last_week: str | None = None, a
         f"{selected[-1]}): {unchanged} unchanged and complete, {len(ranges)} run(s) for the rest "
         "(single-run backfill policy)" + ("; stored weeks may shrink (--allow-shrink)" if allow_shrink else ""))
     for first, last in ranges:
-        if _ingest_range(defs, instance, first, last, allow_shrink) != 0:
+        if _ingest_range(instance, first, last, allow_shrink) != 0:
             return 1
     if not ranges:
         say("Nothing to run: every week already holds exactly these rows (their data versions stay).")
@@ -127,16 +128,14 @@ def _plan_ingestion(defs, first_week: str | None, last_week: str | None):
     return ranges, selected, unchanged
 
 
-def _ingest_range(defs, instance, first: str, last: str, allow_shrink: bool) -> int:
+def _ingest_range(instance, first: str, last: str, allow_shrink: bool) -> int:
     from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG
 
     tags = {RANGE_START_TAG: first, RANGE_END_TAG: last, "stellar/step": "ingestion"}
     if allow_shrink:
         tags[ALLOW_SHRINK_TAG] = "true"
     started = time.perf_counter()
-    result = defs.resolve_job_def("ingestion_job").execute_in_process(
-        instance=instance, run_config=INGEST_LOGS, raise_on_error=False, tags=tags,
-    )
+    result = CodeLocation().run(instance, "ingestion_job", INGEST_LOGS, tags)  # a run of the code location
     elapsed = time.perf_counter() - started
     if not result.success:
         say(f"Ingestion run {result.run_id} ({first} .. {last}) FAILED after {elapsed:.1f} s:")
