@@ -3,7 +3,9 @@
 For a range of weeks, in order: predict with the champion of the time, check
 drift, retrain when the retraining sensor says so, promote when the gate passes.
 
-Runs, all on the given Dagster instance (the one `make demo` and `make ui` use):
+Runs, all on the given Dagster instance (the one `make demo` and `make ui` use), and from
+`replay_main` runs of the code location workspace.yaml loads (stellar_app.location): the UI
+lists them under the location and in its Overview timeline:
 1. ingestion of the initial champion's training window and the whole range: ONE run;
 2. the initial champion: train_and_promote at the week before the range, unless a
    champion as of that week exists already. A replay that starts at the survey's
@@ -13,8 +15,9 @@ Runs, all on the given Dagster instance (the one `make demo` and `make ui` use):
 3. predict_and_check (batch_predictions + drift_report) in chunks of cool-down + 1
    weeks, ONE run per chunk. After each, the retraining sensor itself
    (build_sensor_context against the real instance) reads the new drift reports
-   in week order; each retraining it requests runs as the daemon would launch it
-   (same run key and tags). A promotion at week W changes the champion from W+1
+   in week order; each retraining it requests runs with the sensor's run key and
+   tags, and `stellar/requested_by` (the daemon did not tick the sensor, so the run
+   does not claim to be launched by it). A promotion at week W changes the champion from W+1
    on, so the next chunk starts at W+1: the rest of the chunk (at most cool-down
    weeks) is predicted a second time, by the new champion. The sensor never
    retrains within the cool-down of its last retraining, so no later promotion
@@ -40,17 +43,19 @@ from stellar_assets.monitoring.sensors import (
     REASON_TAG,
     RETRAIN_WEEK_TAG,
     RUN_KEY_TAG,
-    SENSOR_NAME_TAG,
     TRIGGER,
     TRIGGER_TAG,
     build_retraining_sensor,
     promotion_of_run,
 )
+from stellar_assets.settings import DEGRADATION_TRIGGER, load_settings
+from stellar_app.location import CodeLocation
 from stellar_app.runs import RANGE_END_TAG, RANGE_START_TAG, failure_text, materializations
 from stellar_app.settings import AppSettings
 from stellar_core.weeks import Week
 
 REPLAY_TAG = "stellar/replay"
+REQUESTED_BY_TAG = "stellar/requested_by"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # A challenger blocked by the gate is a normal outcome: the replay prints the failed check in one line
 # (the run's full log stays in the Dagster UI), not Dagster's stack trace.
@@ -65,6 +70,7 @@ REPLAY_CHALLENGER = {"n_estimators": 80, "max_depth": 4, "learning_rate": 0.2, "
 # location's gate does not say: its out-of-time evaluation set and as many rows again to train on.
 DEFAULT_BOOTSTRAP_ROWS = 600
 FEATURES = dg.AssetKey("observation_features")
+LOG_DEGRADED_ONLY = {"ops": {"drift_report": {"config": {"mlflow_runs": "degraded"}}}}
 
 
 class ReplayError(RuntimeError):
@@ -145,6 +151,27 @@ def feature_rows(instance: dg.DagsterInstance, weeks: list[str]) -> dict[str, in
     return {week: rows.get(week, 0) for week in weeks}
 
 
+def chunk_end(start: str, last: str, cooldown_chunk: int, rows: dict[str, int], evidence_rows: int | None) -> str:
+    """The last week of the predict_and_check run that starts at `start`, such that no week is predicted more
+    than twice. A promotion at W in [start, end] makes the weeks after W stale; the next run starts at W+1 and
+    predicts them again. They are not predicted a third time if no promotion can fall before `end` in that
+    run, i.e. if end <= W + cool-down (retrainings are at least the cool-down apart: `cooldown_chunk` = cool-down
+    + 1 weeks) or, with `evidence_rows` (retraining only on degradation), if the weeks after W up to the one
+    before `end` hold fewer than `evidence_rows` rows: the champion promoted at W is not tested before it has
+    predicted that many (stellar_core.performance: not_enough_data). Both bounds are tightest at W = start."""
+    by_cooldown = Week.of(start) + (cooldown_chunk - 1)
+    end = by_cooldown
+    if evidence_rows is not None:
+        seen, week = 0, Week.of(start) + 1
+        while week.key <= last:
+            seen += rows.get(week.key, 0)
+            if seen >= evidence_rows:
+                break  # a champion promoted at `start` could be found degraded here: end at this week
+            week = week + 1
+        end = max(end, week)
+    return min(end.key, last)
+
+
 def bootstrap_week(instance: dg.DagsterInstance, plan: ReplayPlan, min_rows: int) -> str:
     """The first week whose training window (within the replay) holds `min_rows` feature rows."""
     candidates = _weeks(plan.first_week, plan.last_week)[:-1]  # leave a week to predict
@@ -163,8 +190,9 @@ class _Replayer:
     """One replay's runs on one instance (see the module docstring)."""
 
     def __init__(self, instance, defs, plan: ReplayPlan, challenger: dict, say, progress: bool,
-                 retrain_on: tuple[str, ...] | None = None, initial: dict | None = None):
-        self.instance, self.defs, self.plan, self.say = instance, defs, plan, say
+                 retrain_on: tuple[str, ...] | None = None, initial: dict | None = None,
+                 location: CodeLocation | None = None):
+        self.instance, self.defs, self.plan, self.say, self.location = instance, defs, plan, say, location
         self.train_config = {"ops": {"challenger_model": {"config": challenger}}}
         self.initial_config = {"ops": {"challenger_model": {"config": initial or challenger}}}
         self.log = ReplayLog()
@@ -174,6 +202,11 @@ class _Replayer:
             raise ReplayError("the Definitions given to run_replay have no model_registry resource")
         self.registry, self.client = registry, registry.client()
         self.bar = tqdm(total=0, unit="week", desc="predict+drift", disable=not progress, leave=False)
+        # Retraining only on the champion's degradation: a new champion cannot be found degraded before it has
+        # predicted this many rows, which bounds where the next promotion can fall (chunk_end).
+        triggers = retrain_on if retrain_on is not None else load_settings().retrain_on
+        drift = defs.resources.get("drift_settings")
+        self.evidence_rows = drift.degradation_min_rows if tuple(triggers) == (DEGRADATION_TRIGGER,) and drift else None
         self.furthest: str | None = None  # the latest week predicted so far
 
     def note(self, message: str) -> None:
@@ -184,9 +217,13 @@ class _Replayer:
                 what: str = ""):
         started = time.perf_counter()
         config = {**(SILENT_LOGS if job_name == "train_and_promote" else QUIET_LOGS), **(run_config or {})}
-        result = self.defs.resolve_job_def(job_name).execute_in_process(
-            instance=self.instance, run_config=config, raise_on_error=False, partition_key=partition_key,
-            tags={REPLAY_TAG: "true", **tags})
+        tags = {REPLAY_TAG: "true", **tags}
+        if self.location is not None:  # runs of the code location, as the UI shows them
+            result = self.location.run(self.instance, job_name, config, tags, partition_key)
+        else:  # Definitions built in this process (tests): runs without a code location
+            result = self.defs.resolve_job_def(job_name).execute_in_process(
+                instance=self.instance, run_config=config, raise_on_error=False, partition_key=partition_key,
+                tags=tags)
         self.log.runs.append({"job": job_name, "run_id": result.run_id, "success": result.success,
                               "seconds": round(time.perf_counter() - started, 2), "what": what})
         return result
@@ -220,8 +257,10 @@ class _Replayer:
                   f"{self.log.initial['last_week']}")
 
     def predict(self, start: str, end: str) -> None:
+        # MLflow runs and plots where a person will look: the replay's last week, and degraded weeks.
+        reports = {} if end == self.plan.last_week else LOG_DEGRADED_ONLY
         result = self.execute("predict_and_check", {RANGE_START_TAG: start, RANGE_END_TAG: end},
-                              what=f"predict+drift {start}..{end}")
+                              run_config=reports, what=f"predict+drift {start}..{end}")
         if not result.success:
             raise ReplayError(f"predict_and_check {start}..{end} failed: {failure_text(result)}")
         for (asset, week), metadata in materializations(result).items():
@@ -249,7 +288,9 @@ class _Replayer:
 
     def retrain(self, request: dg.RunRequest) -> str:
         week = request.partition_key
-        tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: self.sensor.name}
+        # The sensor's own request (its run key and tags); not "launched by" the sensor: the daemon did not
+        # tick it, the replay evaluated its rule (the sensor's page would say it never ran).
+        tags = {**request.tags, RUN_KEY_TAG: request.run_key, REQUESTED_BY_TAG: f"{self.sensor.name}, evaluated by the replay"}
         result = self.execute("train_and_promote", tags, partition_key=week, run_config=self.train_config,
                               what=f"retrain at {week} ({request.tags.get(FLAGS_TAG)})")
         champion = materializations(result).get(("champion_model", week), {})
@@ -264,13 +305,14 @@ class _Replayer:
 
     def replay(self, start: str) -> None:
         """Chunks from `start` to the last week; after a promotion at W the next chunk starts at W+1."""
-        last, chunk = self.plan.last_week, self.plan.chunk_weeks
+        last = self.plan.last_week
         self.bar.reset(total=len(_weeks(start, last)))
+        rows = feature_rows(self.instance, _weeks(start, last)) if self.evidence_rows else {}
         # The sensor only reads drift reports made from here on.
         latest = self.instance.fetch_materializations(dg.AssetKey("drift_report"), limit=1)
         cursor = str(latest.records[0].storage_id) if latest.records else None
         while start <= last:
-            end = min((Week.of(start) + (chunk - 1)).key, last)
+            end = chunk_end(start, last, self.plan.chunk_weeks, rows, self.evidence_rows)
             self.predict(start, end)
             cursor, promoted = self.decide(cursor)
             start = (Week.of(promoted if promoted else end) + 1).key
@@ -309,13 +351,14 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
                challenger_config: dict | None = None, cooldown_weeks: int | None = None,
                bootstrap_rows: int | None = None, retrain_on: tuple[str, ...] | None = None, ingest: bool = True,
                say: Callable[[str], None] = print, progress: bool = False,
-               initial_config: dict | None = None) -> pd.DataFrame:
+               initial_config: dict | None = None, location: CodeLocation | None = None) -> pd.DataFrame:
     """Replay [first_week, last_week]; returns the per-week timeline (see module docstring).
     Prints one line per decision; `progress` shows a bar over the weeks on stderr. `bootstrap_rows`
     (a replay from the survey's first week): default twice the gate's minimum evaluation rows.
     `retrain_on`: the sensor's triggers; default the code location's (STELLAR_RETRAIN_ON).
-    `initial_config`: the first champion's challenger config, default the retrainings' (`challenger_config`)."""
-    from stellar_assets.settings import load_settings
+    `initial_config`: the first champion's challenger config, default the retrainings' (`challenger_config`).
+    `location`: the code location `defs` is loaded from; its runs are then runs of that location
+    (stellar_app.location). None: `defs` was built in this process, its runs have no location."""
     from stellar_assets.training import DEFAULT_WINDOW_WEEKS
 
     settings = load_settings()
@@ -325,7 +368,7 @@ def run_replay(instance: dg.DagsterInstance, defs: dg.Definitions, first_week: s
     plan = plan_replay(first_week, last_week, window, cooldown)
     challenger = {**REPLAY_CHALLENGER, **(challenger_config or {})}
     replayer = _Replayer(instance, defs, plan, challenger, say, progress, retrain_on,
-                         {**challenger, **initial_config} if initial_config else None)
+                         {**challenger, **initial_config} if initial_config else None, location)
     replayer.ingest(ingest)
     initial_week = bootstrap_week(instance, plan, bootstrap_rows or _bootstrap_rows(defs)) if plan.bootstrap \
         else plan.initial_week
@@ -457,7 +500,8 @@ def replay_main(first_week: str | None = None, last_week: str | None = None, *, 
     first = first_week or settings.stellar_replay_first_week or DEFAULT_FIRST_WEEK
     last = last_week or settings.stellar_replay_last_week or DEFAULT_LAST_WEEK
     started = time.perf_counter()
-    timeline = run_replay(instance, defs, first, last, ingest=ingest, say=say, progress=progress)
+    timeline = run_replay(instance, defs, first, last, ingest=ingest, say=say, progress=progress,
+                          location=CodeLocation())
     say(run_summary(timeline, first, last, time.perf_counter() - started))
     print_timeline(timeline, say)
     csv_path, png_path = save_timeline(timeline, settings.home / "replay")

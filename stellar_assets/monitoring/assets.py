@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
 from mlflow.tracking import MlflowClient
+from pydantic import Field
 
 from stellar_assets.checks import WeekCheck, percent, rounded, rounded_float, week_check_events, weekly_check_spec
 from stellar_assets.monitoring.resources import PREDICTIONS_TABLE, DriftSettings, ServerUnreachable
@@ -190,6 +191,24 @@ def _family_detail(family: str, report: dict) -> str:
     return f"{part.get('reason')} (threshold: {part.get('threshold')})"
 
 
+MLFLOW_RUN_CHOICES = ("latest_and_degraded", "degraded", "every_week")
+
+
+class DriftReportConfig(dg.Config):
+    mlflow_runs: str = Field(
+        default="latest_and_degraded", description="which weeks of the run get an MLflow run (report JSON, "
+        "distribution plot, shown inline here): 'latest_and_degraded' (the run's latest week, i.e. a weekly "
+        "run's only week, and weeks where the champion degraded), 'degraded', or 'every_week' (about 1.5 s a "
+        "week). A backfill over years would otherwise spend most of its time on plots nobody opens; every "
+        "week's report stays the asset's stored value, summarised in its metadata")
+
+    def wants_mlflow_run(self, latest: bool, degraded: bool) -> bool:
+        if self.mlflow_runs not in MLFLOW_RUN_CHOICES:
+            raise dg.Failure(description=f"drift_report config mlflow_runs={self.mlflow_runs!r}: expected one of "
+                             f"{', '.join(MLFLOW_RUN_CHOICES)}")
+        return self.mlflow_runs == "every_week" or degraded or (latest and self.mlflow_runs == "latest_and_degraded")
+
+
 @dg.asset(
     partitions_def=observation_weeks,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -211,7 +230,7 @@ def _family_detail(family: str, report: dict) -> str:
     "training data: per-feature data drift, prediction drift, performance drift and rejected rows. JSON report "
     "and plots in MLflow (experiment stellar-monitoring), summary here.",
 )
-def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFrame,
+def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, batch_predictions: pd.DataFrame,
                  observation_features: pd.DataFrame, raw_observations: pd.DataFrame):
     keys = list(context.partition_keys)
     run = _DriftRun.start(context)
@@ -224,12 +243,11 @@ def drift_report(context: dg.AssetExecutionContext, batch_predictions: pd.DataFr
         metadata = _report_metadata(report, current, version)
         evidence = champion_degradation(run.champions, context.resources.predictions_db, version, week, run.settings)
         metadata.update(_degradation_metadata(report, evidence))
-        if run.settings.report_every_week or week == keys[-1] or (evidence is not None and evidence.degraded):
+        if config.wants_mlflow_run(week == keys[-1], evidence is not None and evidence.degraded):
             metadata.update(_log_week(run, week, version, report, current, reference))
         else:
-            metadata["mlflow_run"] = (f"none: in a run over several weeks only the latest week ({keys[-1]}) and "
-                                      "weeks where the champion degraded get an MLflow run and a plot "
-                                      "(drift_settings.report_every_week); this report is the asset's stored value")
+            metadata["mlflow_run"] = (f"none: this run logs MLflow runs and plots for {config.mlflow_runs} weeks "
+                                      "(run config mlflow_runs); this report is the asset's stored value")
         context.add_asset_metadata(metadata, partition_key=week)
         reports[week] = json.loads(json.dumps(report, default=_json_default))
     yield dg.Output(reports if len(keys) > 1 else reports[keys[0]])

@@ -4,6 +4,7 @@ rows it trained on, as it predicts them. Loaded once per run and kept for its we
 from __future__ import annotations
 
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import dagster as dg
@@ -39,16 +40,37 @@ class Reference:
     accuracy: float | None  # on its out-of-time evaluation set
 
 
+class _Recent(OrderedDict):
+    """The few most recent entries: a process that runs many monitoring runs (the replay runs them in
+    process) loads a champion's bundle and reference once, not once per run."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def keep(self, key, value):
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+# By the champion's MLflow run id (unique across stores; a run's artifacts never change) and, for the
+# reference, the asset store it was read from. A reference is the champion's training window as stored:
+# re-ingesting those weeks in the same process is not expected while monitoring runs.
+_BUNDLES = _Recent(4)
+_REFERENCES = _Recent(4)
+
+
 class Champions:
-    """Champion versions, bundles, run metrics and references, each loaded once per run (a run over
-    many weeks lists the registry once: no promotion happens inside a monitoring run)."""
+    """Champion versions and run metrics, loaded once per run (a run over many weeks lists the registry
+    once: no promotion happens inside a monitoring run); bundles and references, once per process."""
 
     def __init__(self, client: MlflowClient, model_name: str):
         self.client, self.model_name = client, model_name
         self._versions: list[ModelVersion] | None = None
-        self._bundles: dict[str, ModelBundle] = {}
         self._metrics: dict[str, dict[str, float]] = {}
-        self._references: dict[str, Reference] = {}
 
     def as_of(self, week: str) -> ModelVersion:
         """The champion that predicts `week` (registry.champion_among: it never saw the week)."""
@@ -62,15 +84,14 @@ class Champions:
         return version
 
     def bundle(self, version: ModelVersion) -> ModelBundle:
-        key = str(version.version)
-        if key not in self._bundles:
+        if version.run_id not in _BUNDLES:
             with tempfile.TemporaryDirectory(prefix="stellar-monitoring-") as tmp:
                 bundle = load_bundle(self.client, version, tmp)
             # A week is tens to hundreds of rows: one thread. OpenMP's barrier across threads costs more
             # than the trees, and tens of milliseconds a call when another process holds the cores.
             bundle.booster.set_param({"nthread": 1})
-            self._bundles[key] = bundle
-        return self._bundles[key]
+            _BUNDLES.keep(version.run_id, bundle)
+        return _BUNDLES[version.run_id]
 
     def run_metrics(self, version: ModelVersion) -> dict[str, float]:
         """The metrics of the MLflow run that trained `version` (its out-of-time evaluation)."""
@@ -81,8 +102,8 @@ class Champions:
 
     def reference(self, version: ModelVersion, store) -> Reference:
         """The champion's training window from the asset store (the IO manager's stored partitions)."""
-        key = str(version.version)
-        if key not in self._references:
+        key = (version.run_id, type(store).__name__, repr(store))
+        if key not in _REFERENCES:
             first, last = (version.tags or {}).get(TAG_WINDOW_FIRST), version.tags[TAG_WINDOW_LAST]
             weeks = observation_weeks.get_partition_keys_in_range(dg.PartitionKeyRange(first, last))
             features = store.stored_table(dg.AssetKey("observation_features"), weeks)
@@ -92,6 +113,6 @@ class Champions:
                                  f"window {first}..{last}: ingest those weeks first")
             _, predicted = predict_table(self.bundle(version), features)
             accuracy = self.run_metrics(version).get("accuracy")
-            self._references[key] = Reference(features, predicted, len(raw), max(0, len(raw) - len(features)),
-                                              (first, last), accuracy)
-        return self._references[key]
+            _REFERENCES.keep(key, Reference(features, predicted, len(raw), max(0, len(raw) - len(features)),
+                                            (first, last), accuracy))
+        return _REFERENCES[key]

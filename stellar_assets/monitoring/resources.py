@@ -203,11 +203,6 @@ class _DriftSettingsBase(dg.ConfigurableResource):
     experiment_name: str = "stellar-monitoring"
     artifact_root: str | None = None
     plots: bool = True
-    report_every_week: bool = Field(
-        default=False, description="an MLflow run (report JSON, distribution plot) for every week of a drift_report "
-        "run; by default only the run's latest week (a weekly run's only week) and weeks where the champion "
-        "degraded get one: a backfill over years would otherwise spend most of its time on plots and runs nobody "
-        "opens. Every week's report stays the asset's stored value, summarised in its metadata")
 
     def thresholds(self) -> DriftThresholds:
         return DriftThresholds(**{f.name: getattr(self, f.name) for f in fields(DriftThresholds)})

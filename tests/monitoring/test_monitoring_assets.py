@@ -98,7 +98,7 @@ def test_drift_report_flags_the_segue_weeks_and_says_not_enough_data_for_small_o
 
     # A run over several weeks logs an MLflow run for its latest week (and weeks where the champion
     # degraded); the others say why they have none. The JSON in MLflow is the report summarised here.
-    assert drift["mlflow_run"].startswith("none: ") and "report_every_week" in drift["mlflow_run"]
+    assert drift["mlflow_run"].startswith("none: ") and "mlflow_runs" in drift["mlflow_run"]
     assert "distribution_plot" not in drift
     client = MlflowClient(platform.tracking_uri)
     run_id = small["mlflow_run"].rsplit("/", 1)[-1]
