@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 import threading
 from importlib import metadata
@@ -208,101 +208,38 @@ def _batch_response(objects, proba: np.ndarray, model: LoadedModel, max_client_i
 class Explainer:
     """TreeSHAP contributions from a model's booster (XGBoost `pred_contribs`).
 
-    Small requests use single-threaded copies of the booster, made once per
+    Small requests use a single-threaded copy of the booster, made once per
     model (as LoadedModel's small predictions do): an OpenMP team for one row
-    costs more than it saves, and stalls on a busy machine; XGBoost spreads
-    contributions over rows, never over trees. Larger ones use the booster itself.
-
-    One object while no other Explain runs: the rounds split in two halves, the
-    second on a helper thread (~9 ms for a 400-round model on one core, ~5 ms on
-    two). TreeSHAP is additive over trees, so the halves' feature contributions
-    sum to the whole model's; the bias (the model's expected score, the same for
-    every object) is the whole model's, computed once per model. Concurrent
-    calls each keep one thread: splitting them would only queue halves.
-    Booster.predict is thread-safe; the copies are never changed after they are made.
+    costs more than it saves, and stalls on a busy machine. Larger ones use
+    the booster itself. Booster.predict is thread-safe; the copy is never changed
+    after it is made.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._copies: _ExplainCopies | None = None  # of the last model explained (its booster)
-        self._in_flight = 0
-        self._helper: ThreadPoolExecutor | None = None
+        # (booster, its single-threaded copy): keyed by the booster, which a model's copies
+        # (the same version with another predictor) share.
+        self._single: tuple[object, object] | None = None
 
     def contributions(self, model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] inputs -> float32 [n, classes, features + 1]; the last column is the bias."""
         import xgboost as xgb
 
-        matrix = xgb.DMatrix(derive_feature_matrix(inputs), nthread=1)
-        if len(inputs) >= model.parallel_batch_min:
-            out = _contribs(model.bundle.booster, matrix)
-        else:
-            copies = self._copies_of(model)
-            with self._lock:
-                alone = self._in_flight == 0
-                self._in_flight += 1
-            try:
-                if alone and len(inputs) == 1 and copies.halves is not None:
-                    out = self._split(copies, matrix)
-                else:
-                    out = _contribs(copies.single, matrix)
-            finally:
-                with self._lock:
-                    self._in_flight -= 1
+        booster = model.bundle.booster
+        if len(inputs) < model.parallel_batch_min:
+            booster = self._single_threaded(model)
+        matrix = xgb.DMatrix(derive_feature_matrix(inputs), feature_names=booster.feature_names, nthread=1)
+        out = booster.predict(matrix, pred_contribs=True, strict_shape=True)
         return np.asarray(out, dtype=np.float32).reshape(len(inputs), len(model.classes), len(FEATURE_NAMES) + 1)
 
-    def _split(self, copies: "_ExplainCopies", matrix) -> np.ndarray:
-        second = self._helper_pool().submit(_contribs, copies.halves[1], matrix)
-        out = _contribs(copies.halves[0], matrix)
-        out[..., :-1] += second.result()[..., :-1]
-        out[..., -1] = copies.bias
-        return out
-
-    def _helper_pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._helper is None:
-                self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stellar-explain")
-            return self._helper
-
-    def _copies_of(self, model: LoadedModel) -> "_ExplainCopies":
+    def _single_threaded(self, model: LoadedModel):
         with self._lock:
             booster = model.bundle.booster
-            if self._copies is None or self._copies.booster is not booster:
-                self._copies = _ExplainCopies.of(booster)
-            return self._copies
-
-
-class _ExplainCopies:
-    """A booster's single-threaded copy, its two halves of rounds (None under 2 rounds) and its bias."""
-
-    def __init__(self, booster, single, halves, bias) -> None:
-        self.booster = booster  # keyed by the booster, which a model's copies (another predictor) share
-        self.single = single
-        self.halves = halves
-        self.bias = bias  # [classes]: the whole model's bias column
-
-    @classmethod
-    def of(cls, booster) -> "_ExplainCopies":
-        import xgboost as xgb
-
-        single = _one_thread(booster)
-        rounds = booster.num_boosted_rounds()
-        if rounds < 2:
-            return cls(booster, single, None, None)
-        halves = (_one_thread(booster[:rounds // 2]), _one_thread(booster[rounds // 2:]))
-        probe = xgb.DMatrix(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32), nthread=1)
-        return cls(booster, single, halves, _contribs(single, probe)[0, :, -1].copy())
-
-
-def _one_thread(booster):
-    copy = booster.copy()
-    copy.set_param({"nthread": 1})
-    return copy
-
-
-def _contribs(booster, matrix) -> np.ndarray:
-    """[n, classes, features + 1] TreeSHAP contributions (the matrix has no feature names: the columns are
-    FEATURE_NAMES by construction, as the booster's, so XGBoost's name check is skipped)."""
-    return booster.predict(matrix, pred_contribs=True, strict_shape=True, validate_features=False)
+            if self._single is None or self._single[0] is not booster:
+                single = booster.copy()
+                single.set_param({"nthread": 1})
+                self._single = (booster, single)
+            return self._single[1]
 
 
 def explain_response(objects, contributions: np.ndarray, model: LoadedModel) -> pb.ExplainResponse:

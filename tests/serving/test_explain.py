@@ -3,8 +3,6 @@ named by GetModelInfo, over a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import threading
-
 import grpc
 import numpy as np
 import pytest
@@ -72,44 +70,6 @@ def test_explain_contributions_and_bias_sum_to_the_served_models_margin(served, 
     registry.set_champion("2")
     assert client.reload_model().version == "2"
     _check_explains(client.explain(to_objects(batch)), registry, "2", batch)
-
-
-def _treeshap(registry, version: str, inputs: np.ndarray) -> np.ndarray:
-    """XGBoost's own TreeSHAP of the whole booster: [n, classes, features + 1], bias last."""
-    booster = registry.bundles[version].booster
-    matrix = xgb.DMatrix(derive_feature_matrix(inputs), feature_names=booster.feature_names)
-    return booster.predict(matrix, pred_contribs=True, strict_shape=True)
-
-
-def _contributions(response) -> np.ndarray:
-    return np.array([[[*c.contributions, c.bias] for c in e.class_contributions] for e in response.explanations])
-
-
-def test_one_object_explanations_are_the_whole_models_treeshap_alone_or_concurrent(served, registry, sample_inputs):
-    # One object explained alone splits the rounds over two threads; concurrent ones do not:
-    # both must give XGBoost's TreeSHAP of the whole model, its bias included, version by version.
-    server, client = served
-    for version in ("1", "2"):
-        registry.set_champion(version)
-        assert client.reload_model().version == version
-        for k in (0, 5, 11):
-            one = sample_inputs[k:k + 1]
-            got = _contributions(client.explain(to_objects(one)))
-            np.testing.assert_allclose(got, _treeshap(registry, version, one), atol=2e-5, rtol=0)
-        rows = sample_inputs[20:36]
-        answers: list = [None] * len(rows)
-
-        def explain(k: int) -> None:
-            answers[k] = client.explain(to_objects(rows[k:k + 1]))
-
-        threads = [threading.Thread(target=explain, args=(k,)) for k in range(len(rows))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert all(a is not None and a.model_version == version for a in answers)
-        got = np.concatenate([_contributions(a) for a in answers])
-        np.testing.assert_allclose(got, _treeshap(registry, version, rows), atol=2e-5, rtol=0)
 
 
 def _refusal(call) -> grpc.RpcError:
