@@ -189,12 +189,15 @@ def _depth(tree: dict, node: int) -> int:
     return 1 + max(_depth(tree, left), _depth(tree, tree["right_children"][node]))
 
 
+ROW_STRIDE = 7  # a different row each call (a prime, so every row comes round)
+
+
 def cold_call_seconds(predict, rows: np.ndarray, calls: int = 200) -> float:
     """Median time of one-row calls, each after reading a buffer larger than the CPU's private caches."""
     evict = np.ones(8 << 20, dtype=np.float32)  # 32 MB
     times = []
     for k in range(calls):
-        row = rows[k * 7 % len(rows):][:1]
+        row = rows[k * ROW_STRIDE % len(rows):][:1]
         evict.sum()
         start = time.perf_counter()
         predict(row)

@@ -52,9 +52,10 @@ def _challenger_config_fields() -> dict:
 
 
 # The run config of challenger_model: XGBoostParams' fields, derived from it (never a hand-kept mirror).
+_FIELDS = _challenger_config_fields()
 ChallengerConfig = type("ChallengerConfig", (dg.Config,), {
-    "__annotations__": {name: spec[0] for name, spec in _challenger_config_fields().items()},
-    **{name: spec[1] for name, spec in _challenger_config_fields().items()},
+    "__annotations__": {name: kind for name, (kind, _) in _FIELDS.items()},
+    **{name: default for name, (_, default) in _FIELDS.items()},
     "__doc__": "XGBoost hyperparameters. Unset values come from model selection's defaults file, then built-ins.",
     "__module__": __name__,
 })
