@@ -12,17 +12,18 @@ lists them under the location and in its Overview timeline:
    first week has no earlier week: the first champion trains on the opening weeks
    (the first ones whose training window holds `bootstrap_rows` rows) and the
    replay predicts from the week after; the timeline marks the weeks it trained on;
-3. predict_and_check (batch_predictions + drift_report) in chunks of cool-down + 1
-   weeks, ONE run per chunk. After each, the retraining sensor itself
+3. predict_and_check (batch_predictions + drift_report) in chunks (chunk_end), ONE
+   run per chunk. After each, the retraining sensor itself
    (build_sensor_context against the real instance) reads the new drift reports
    in week order; each retraining it requests runs with the sensor's run key and
    tags, and `stellar/requested_by` (the daemon did not tick the sensor, so the run
    does not claim to be launched by it). A promotion at week W changes the champion from W+1
-   on, so the next chunk starts at W+1: the rest of the chunk (at most cool-down
-   weeks) is predicted a second time, by the new champion. The sensor never
-   retrains within the cool-down of its last retraining, so no later promotion
-   can fall before the end of those weeks: no week is predicted more than twice,
-   and there are about weeks / (cool-down + 1) + promotions runs.
+   on, so the next chunk starts at W+1: the rest of the chunk is predicted a
+   second time, by the new champion. A chunk ends where a champion promoted at
+   its first week could first be promoted over (the cool-down, and with the
+   degradation trigger alone, the rows it must predict before it is tested), so
+   no later promotion can fall before the end of those weeks: no week is
+   predicted more than twice.
 Empty weeks ride along inside the chunk runs: no run per empty week.
 """
 
@@ -159,8 +160,7 @@ def chunk_end(start: str, last: str, cooldown_chunk: int, rows: dict[str, int], 
     + 1 weeks) or, with `evidence_rows` (retraining only on degradation), if the weeks after W up to the one
     before `end` hold fewer than `evidence_rows` rows: the champion promoted at W is not tested before it has
     predicted that many (stellar_core.performance: not_enough_data). Both bounds are tightest at W = start."""
-    by_cooldown = Week.of(start) + (cooldown_chunk - 1)
-    end = by_cooldown
+    end = Week.of(start) + (cooldown_chunk - 1)
     if evidence_rows is not None:
         seen, week = 0, Week.of(start) + 1
         while week.key <= last:
