@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import dagster as dg
 import pytest
 
 from stellar_core.drift import (
@@ -139,3 +140,16 @@ def test_serving_figures_difference_counters_and_percentiles():
     restarted = week_figures(previous, current)
     assert "restarted" in restarted["counting"] and restarted["requests"] == 100
     assert percentile_ms({"+Inf": 0.0}, 0.5) is None
+
+
+def test_drift_report_config_names_a_wrong_mlflow_runs_value_and_picks_the_weeks_people_look_at():
+    from stellar_assets.monitoring.assets import DriftReportConfig
+
+    with pytest.raises(dg.Failure, match=r"mlflow_runs='sometimes': expected one of latest_and_degraded, degraded"):
+        DriftReportConfig(mlflow_runs="sometimes").wants_mlflow_run(latest=True, degraded=False)
+    default, degraded_only, every = (DriftReportConfig(mlflow_runs=v) for v in
+                                     ("latest_and_degraded", "degraded", "every_week"))
+    assert default.wants_mlflow_run(True, False) and default.wants_mlflow_run(False, True)
+    assert not default.wants_mlflow_run(False, False)
+    assert degraded_only.wants_mlflow_run(False, True) and not degraded_only.wants_mlflow_run(True, False)
+    assert every.wants_mlflow_run(False, False)
