@@ -79,10 +79,12 @@ class CodeLocationSettings(BaseSettings):
     gate_min_evaluation_rows: int = _env(
         "STELLAR_GATE_MIN_EVALUATION_ROWS", "promotion gate: the out-of-time evaluation set pools the window's "
         "most recent weeks until it holds this many rows", 300)
-    gate_alpha: float = _env("STELLAR_GATE_ALPHA", "promotion gate: one-sided significance of the exact McNemar "
-                             "test a challenger must pass to replace the champion", 0.05)
-    gate_margin: float = _env("STELLAR_GATE_MARGIN", "promotion gate: non-inferiority margin (accuracy, 0.01 = "
-                              "1 point) for a retraining requested because the champion degraded", 0.01)
+    gate_metric: str = _env("STELLAR_GATE_METRIC", "promotion gate: the metric the paired comparison decides on: "
+                            "accuracy (exact McNemar test), macro_f1 or balanced_accuracy (paired bootstrap)", "accuracy")
+    gate_alpha: float = _env("STELLAR_GATE_ALPHA", "promotion gate: one-sided significance of the paired test "
+                             "a challenger must pass to replace the champion", 0.05)
+    gate_margin: float = _env("STELLAR_GATE_MARGIN", "promotion gate: non-inferiority margin (in the gate's metric, "
+                              "0.01 = 1 point) for a retraining requested because the champion degraded", 0.01)
     # monitoring
     predictions_db_url: SecretStr | None = _env(
         "STELLAR_PREDICTIONS_DB_URL", "predictions database (SQLAlchemy URL; postgresql+psycopg2://... in the "

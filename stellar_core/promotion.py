@@ -10,22 +10,30 @@ boolean "correct" vector on those rows; the pair of vectors is a paired 2x2
 table (`paired_table`), and only the discordant rows (one model right, the
 other wrong) carry evidence about which is better.
 
-Rules (`decide_promotion`):
-- superiority: promote when the exact one-sided McNemar test on the discordant
-  rows says the challenger is better, p < alpha (default 0.05);
+Rules (`decide_promotion` for accuracy, `decide_promotion_on` for any gate metric):
+- superiority: promote when a one-sided test says the challenger is better,
+  p < alpha (default 0.05). For accuracy the test is the exact McNemar test on
+  the discordant rows; for the other metrics (macro F1, balanced accuracy),
+  which do not decompose into per-row wins and losses, it is the paired
+  randomization test (`randomization_p`): under equal models, which of a row's
+  two predictions is the challenger's is a coin toss;
 - non-inferiority, only when the retraining was requested because the champion
   degraded: also promote when the challenger is ahead on the paired rows and
-  the lower limit of the 95% interval of the accuracy difference lies above
-  -margin (default 1 point);
+  the lower limit of the 95% interval of the difference lies above -margin
+  (default 1 point): Tango's score interval for accuracy, the paired
+  bootstrap's percentile interval for the other metrics (`paired_bootstrap`:
+  the same rows resampled with replacement for both models);
 - otherwise the champion stays. A tie (as many rows won as lost, identical
   models included) never promotes.
+The false-alarm rates (A/A trials) and the power of each test are measured by
+benchmarks/promotion_gate.py.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -36,6 +44,15 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_MARGIN = 0.01
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_MIN_EVALUATION_ROWS = 300
+DEFAULT_RESAMPLES = 2000
+DEFAULT_SEED = 0
+
+ACCURACY = "accuracy"
+MACRO_F1 = "macro_f1"
+BALANCED_ACCURACY = "balanced_accuracy"
+GATE_METRICS = (ACCURACY, MACRO_F1, BALANCED_ACCURACY)
+MCNEMAR = "exact McNemar"
+RANDOMIZATION = "paired randomization test, paired bootstrap interval"
 
 SUPERIORITY = "superiority"
 NON_INFERIORITY = "non_inferiority"
@@ -208,10 +225,21 @@ class PromotionDecision:
     rule: str  # the rule that decided: superiority, or non_inferiority on a degradation retrain without it
     promote: bool
     summary: str
+    metric: str = ACCURACY  # what `difference`, `interval` and the values are of
+    test: str = MCNEMAR  # MCNEMAR, or RANDOMIZATION with `resamples` and `seed`
+    champion_value: float | None = None  # the metric on the evaluation rows; None: accuracy above
+    challenger_value: float | None = None
+    resamples: int | None = None
+    seed: int | None = None
 
     @property
     def decision(self) -> str:
         return PROMOTE if self.promote else KEEP_CHAMPION
+
+    @property
+    def test_key(self) -> str:
+        """The test as a metadata key prefix: mcnemar or randomization."""
+        return "mcnemar" if self.test == MCNEMAR else "randomization"
 
     def metadata(self) -> dict:
         """Plain JSON values for check and asset metadata."""
@@ -226,8 +254,12 @@ class PromotionDecision:
             "both_wrong": self.both_wrong,
             "champion_accuracy": round(self.champion_accuracy, 6),
             "challenger_accuracy": round(self.challenger_accuracy, 6),
+            "metric": self.metric,
+            "test": self.test,
+            **({"champion_value": round(self.champion_value, 6), "challenger_value": round(self.challenger_value, 6),
+                "resamples": self.resamples, "seed": self.seed} if self.test == RANDOMIZATION else {}),
             "difference": round(self.difference, 6),
-            "mcnemar_p_value": self.p_value,
+            f"{self.test_key}_p_value": self.p_value,
             "interval": [round(self.interval[0], 6), round(self.interval[1], 6)],
             "confidence": self.confidence,
             "margin": self.margin,
@@ -240,25 +272,26 @@ def _points(value: float) -> str:
     return f"{value * 100:+.1f}"
 
 
-def decide_promotion(champion_correct, challenger_correct, *, degradation_retrain: bool = False,
-                     alpha: float = DEFAULT_ALPHA, margin: float = DEFAULT_MARGIN,
-                     confidence: float = DEFAULT_CONFIDENCE) -> PromotionDecision:
-    """Promote the challenger, or keep the champion, from both models' correctness on the same rows."""
+def _check_rule_inputs(alpha: float, margin: float) -> None:
     if not 0 < alpha < 1:
         raise PromotionInputError(f"alpha must lie strictly between 0 and 1, got {alpha}")
     if not 0 <= margin < 1:
         raise PromotionInputError(f"margin must lie in [0, 1) (a share of rows, 0.01 = 1 point), got {margin}")
+
+
+def decide_promotion(champion_correct, challenger_correct, *, degradation_retrain: bool = False,
+                     alpha: float = DEFAULT_ALPHA, margin: float = DEFAULT_MARGIN,
+                     confidence: float = DEFAULT_CONFIDENCE) -> PromotionDecision:
+    """Promote the challenger, or keep the champion, from both models' correctness on the same rows."""
+    _check_rule_inputs(alpha, margin)
     table = paired_table(champion_correct, challenger_correct)
     p_value = mcnemar_exact_p(table.champion_only, table.challenger_only)
     interval = paired_difference_interval(table, confidence)
-    superior = p_value < alpha
-    # A tie never promotes, nor does a challenger behind on these rows: non-inferiority needs it ahead.
-    non_inferior = (degradation_retrain and table.challenger_only > table.champion_only
-                    and interval[0] > -margin)
-    promote = superior or non_inferior
-    # The rule that decided: superiority, or non-inferiority when a degradation retrain falls back on it.
-    rule = NON_INFERIORITY if degradation_retrain and not superior else SUPERIORITY
-    summary = _summary(table, p_value, interval, confidence, margin, alpha, degradation_retrain, superior, promote)
+    ahead = _ahead(table.challenger_only, table.champion_only)
+    superior, promote, rule = _apply_rules(p_value, interval, ahead, degradation_retrain, alpha, margin)
+    test = f"exact McNemar p={p_value:.2g}"
+    summary = _summary(table, ACCURACY, table.difference, test, p_value, interval, confidence, margin, alpha,
+                       degradation_retrain, ahead, superior, promote)
     return PromotionDecision(
         table.both_right, table.champion_only, table.challenger_only, table.both_wrong, table.rows,
         table.champion_accuracy, table.challenger_accuracy, table.difference, p_value, interval,
@@ -266,23 +299,202 @@ def decide_promotion(champion_correct, challenger_correct, *, degradation_retrai
     )
 
 
-def _summary(table: PairedTable, p_value: float, interval: tuple[float, float], confidence: float, margin: float,
-             alpha: float, degradation_retrain: bool, superior: bool, promote: bool) -> str:
+def _ahead(challenger: float, champion: float) -> str:
+    return "ahead" if challenger > champion else ("tie" if challenger == champion else "behind")
+
+
+def _apply_rules(p_value: float, interval: tuple[float, float], ahead: str, degradation_retrain: bool,
+                 alpha: float, margin: float) -> tuple[bool, bool, str]:
+    """(superior, promote, the rule that decided)."""
+    superior = p_value < alpha
+    # A tie never promotes, nor does a challenger behind on these rows: non-inferiority needs it ahead.
+    non_inferior = degradation_retrain and ahead == "ahead" and interval[0] > -margin
+    # The rule that decided: superiority, or non-inferiority when a degradation retrain falls back on it.
+    rule = NON_INFERIORITY if degradation_retrain and not superior else SUPERIORITY
+    return superior, superior or non_inferior, rule
+
+
+def _summary(table: PairedTable, metric: str, difference: float, test: str, p_value: float,
+             interval: tuple[float, float], confidence: float, margin: float, alpha: float,
+             degradation_retrain: bool, ahead: str, superior: bool, promote: bool,
+             interval_name: str = "interval") -> str:
     head = (f"{PROMOTE if promote else KEEP_CHAMPION}: challenger right on {table.challenger_only} rows the champion "
             f"missed, champion right on {table.champion_only} the challenger missed (n={table.rows}); "
-            f"exact McNemar p={p_value:.2g} {'<' if superior else '>='} {alpha:g}")
+            f"{test} {'<' if superior else '>='} {alpha:g}")
     if superior:
-        return head + ": the challenger is better"
+        return head + f": the challenger is better{'' if metric == ACCURACY else ' on ' + metric}"
     if not degradation_retrain:
         return head + "; not a degradation retrain, so non-inferiority does not apply"
-    limits = (f"accuracy difference {_points(table.difference)} points, {confidence:.0%} interval "
+    limits = (f"{metric} difference {_points(difference)} points, {confidence:.0%} {interval_name} "
               f"[{_points(interval[0])}, {_points(interval[1])}], margin {margin * 100:.1f} points")
-    if table.challenger_only <= table.champion_only:
-        verdict = "a tie does not promote" if table.challenger_only == table.champion_only else "the challenger is behind"
+    if ahead != "ahead":
+        verdict = "a tie does not promote" if ahead == "tie" else "the challenger is behind"
         return head + f"; degradation retrain, {limits}: {verdict}"
     if promote:
         return head + f"; degradation retrain, {limits}: non-inferior"
     return head + f"; degradation retrain, {limits}: inferiority not ruled out"
+
+
+# ---------------------------------------------------------------- other metrics: randomization and bootstrap
+
+
+def _class_vector(values, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise PromotionInputError(f"{name} must be a one-dimensional vector of class indices, got shape {array.shape}")
+    if array.size and (not np.issubdtype(array.dtype, np.integer) or array.min() < 0):
+        raise PromotionInputError(f"{name} must hold class indices (integers >= 0), got values like "
+                                  f"{array[:3].tolist()}")
+    return array.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Per-row indicators [rows, classes] of the evaluation rows, over the classes in the labels."""
+
+    actual: np.ndarray  # the row's label is the class
+    champion_guess: np.ndarray  # the champion predicted the class
+    challenger_guess: np.ndarray
+
+    @classmethod
+    def of(cls, metric: str, labels, champion_predicted, challenger_predicted) -> "_Rows":
+        if metric not in (MACRO_F1, BALANCED_ACCURACY):
+            raise PromotionInputError(f"the paired resampling tests score {MACRO_F1} or {BALANCED_ACCURACY}, "
+                                      f"got {metric!r}")
+        labels = _class_vector(labels, "labels")
+        champion = _class_vector(champion_predicted, "champion_predicted")
+        challenger = _class_vector(challenger_predicted, "challenger_predicted")
+        if not len(labels) == len(champion) == len(challenger):
+            raise PromotionInputError(f"{len(labels)} labels, champion scored on {len(champion)} rows, challenger "
+                                      f"on {len(challenger)}: not the same rows")
+        if len(labels) == 0:
+            raise PromotionInputError("no rows to compare champion and challenger on")
+        classes = np.unique(labels)[None, :]
+        return cls(*((values[:, None] == classes).astype(np.float64) for values in (labels, champion, challenger)))
+
+    @property
+    def rows(self) -> int:
+        return len(self.actual)
+
+
+def _score(metric: str, hits: np.ndarray, actual: np.ndarray, guessed: np.ndarray) -> np.ndarray:
+    """`metric` from per-class counts [draws, classes], averaged over the classes. A class a draw lacks
+    (no row of it, nor predicted) scores 0 for both models alike."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = hits / actual if metric == BALANCED_ACCURACY else 2 * hits / (actual + guessed)
+    return np.nan_to_num(per_class, nan=0.0).mean(axis=1)
+
+
+def _draws(resamples: int, rows: int) -> Iterator[int]:
+    """Sizes of the chunks of draws: a [draws, rows] matrix stays under ~16 MB."""
+    chunk = max(1, 2_000_000 // rows)
+    for start in range(0, resamples, chunk):
+        yield min(chunk, resamples - start)
+
+
+def _check_resamples(resamples: int) -> None:
+    if resamples < 100:
+        raise PromotionInputError(f"resamples must be >= 100 for a usable test and interval, got {resamples}")
+
+
+def paired_bootstrap(metric: str, labels, champion_predicted, challenger_predicted, *,
+                     resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> tuple[float, float, np.ndarray]:
+    """(champion's metric, challenger's metric, challenger minus champion on each resample).
+
+    Each resample draws the evaluation rows with replacement, the same rows for both
+    models (that is what makes it paired); seeded, so a decision can be replayed.
+    """
+    _check_resamples(resamples)
+    rows = _Rows.of(metric, labels, champion_predicted, challenger_predicted)
+
+    def scores(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        actual = weights @ rows.actual
+        return tuple(_score(metric, weights @ (rows.actual * guess), actual, weights @ guess)
+                     for guess in (rows.champion_guess, rows.challenger_guess))
+
+    champion_value, challenger_value = (float(v[0]) for v in scores(np.ones((1, rows.rows))))
+    rng = np.random.default_rng(seed)
+    differences = []
+    for size in _draws(resamples, rows.rows):
+        weights = rng.multinomial(rows.rows, np.full(rows.rows, 1 / rows.rows), size=size).astype(np.float64)
+        champion, challenger = scores(weights)
+        differences.append(challenger - champion)
+    return champion_value, challenger_value, np.concatenate(differences)
+
+
+def randomization_p(metric: str, labels, champion_predicted, challenger_predicted, *,
+                    resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> float:
+    """One-sided p-value of the paired randomization test for "the challenger is better on `metric`".
+
+    If both models were equally good, which of a row's two predictions is the
+    challenger's would be a coin toss: each rearrangement swaps them on a random half
+    of the rows. p = (1 + rearrangements where the challenger leads by at least the
+    observed lead) / (1 + rearrangements). Why not the bootstrap's percentiles: on
+    300 rows they promoted 6-8% of A/A pairs at alpha 0.05 (benchmarks/promotion_gate.py);
+    this test keeps its level whatever the metric's distribution. Identical
+    predictions give p = 1.
+    """
+    _check_resamples(resamples)
+    rows = _Rows.of(metric, labels, champion_predicted, challenger_predicted)
+    champion_hits, challenger_hits = rows.actual * rows.champion_guess, rows.actual * rows.challenger_guess
+    actual = rows.actual.sum(axis=0)[None, :]
+
+    def lead(swapped: np.ndarray) -> np.ndarray:
+        # A swapped row moves its counts from one model to the other: totals plus swapped @ (other - own).
+        challenger = _score(metric, challenger_hits.sum(0) + swapped @ (champion_hits - challenger_hits), actual,
+                            rows.challenger_guess.sum(0) + swapped @ (rows.champion_guess - rows.challenger_guess))
+        champion = _score(metric, champion_hits.sum(0) + swapped @ (challenger_hits - champion_hits), actual,
+                          rows.champion_guess.sum(0) + swapped @ (rows.challenger_guess - rows.champion_guess))
+        return challenger - champion
+
+    observed = float(lead(np.zeros((1, rows.rows)))[0])
+    rng = np.random.default_rng(seed)
+    at_least = 0
+    for size in _draws(resamples, rows.rows):
+        # A hair of tolerance: a rearrangement that reproduces the observed table counts as reaching it.
+        at_least += int(np.sum(lead((rng.random((size, rows.rows)) < 0.5).astype(np.float64)) >= observed - 1e-12))
+    return (1 + at_least) / (1 + resamples)
+
+
+def decide_promotion_on(metric: str, labels, champion_predicted, challenger_predicted, *,
+                        degradation_retrain: bool = False, alpha: float = DEFAULT_ALPHA,
+                        margin: float = DEFAULT_MARGIN, confidence: float = DEFAULT_CONFIDENCE,
+                        resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> PromotionDecision:
+    """The gate on `metric` (one of GATE_METRICS) from class indices: labels and each model's predictions.
+
+    Accuracy is decided by `decide_promotion` (exact McNemar, Tango's interval); the
+    other metrics by the paired randomization test (superiority) and the paired
+    bootstrap's percentile interval at `confidence` (non-inferiority), both seeded.
+    """
+    if metric not in GATE_METRICS:
+        raise PromotionInputError(f"unknown gate metric {metric!r}; the gate decides on one of {list(GATE_METRICS)}")
+    labels = _class_vector(labels, "labels")
+    champion = _class_vector(champion_predicted, "champion_predicted")
+    challenger = _class_vector(challenger_predicted, "challenger_predicted")
+    if metric == ACCURACY:
+        return decide_promotion(champion == labels, challenger == labels, degradation_retrain=degradation_retrain,
+                                alpha=alpha, margin=margin, confidence=confidence)
+    _check_rule_inputs(alpha, margin)
+    if not 0 < confidence < 1:
+        raise PromotionInputError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    table = paired_table(champion == labels, challenger == labels)
+    champion_value, challenger_value, differences = paired_bootstrap(
+        metric, labels, champion, challenger, resamples=resamples, seed=seed)
+    p_value = randomization_p(metric, labels, champion, challenger, resamples=resamples, seed=seed)
+    tail = (1 - confidence) / 2
+    interval = (float(np.quantile(differences, tail)), float(np.quantile(differences, 1 - tail)))
+    difference = challenger_value - champion_value
+    ahead = _ahead(challenger_value, champion_value)
+    superior, promote, rule = _apply_rules(p_value, interval, ahead, degradation_retrain, alpha, margin)
+    test = f"paired randomization test of {metric} ({resamples} rearrangements, seed {seed}) p={p_value:.2g}"
+    summary = _summary(table, metric, difference, test, p_value, interval, confidence, margin, alpha,
+                       degradation_retrain, ahead, superior, promote, interval_name="bootstrap interval")
+    return PromotionDecision(
+        table.both_right, table.champion_only, table.challenger_only, table.both_wrong, table.rows,
+        table.champion_accuracy, table.challenger_accuracy, difference, p_value, interval,
+        confidence, margin, alpha, degradation_retrain, rule, promote, summary,
+        metric, RANDOMIZATION, champion_value, challenger_value, resamples, seed,
+    )
 
 
 # ---------------------------------------------------------------- the evaluation set

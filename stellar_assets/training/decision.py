@@ -85,12 +85,19 @@ def paired_test_metadata(decision) -> dict:
              f"| champion right | {decision.both_right} | {decision.champion_only} |\n"
              f"| champion wrong | {decision.challenger_only} | {decision.both_wrong} |")
     low, high = decision.interval
+    metric = {}
+    if decision.test_key == "randomization":  # accuracy's values are the table's; another metric's are shown beside
+        metric = {f"champion_{decision.metric}": round(decision.champion_value, 4),
+                  f"challenger_{decision.metric}": round(decision.challenger_value, 4),
+                  "resamples": decision.resamples, "seed": decision.seed}
     return {
         "paired_table": dg.MetadataValue.md(table),
+        "gate_metric": decision.metric,
         "rule": decision.rule,
-        "mcnemar_p_value": round(decision.p_value, 4),
+        f"{decision.test_key}_p_value": round(decision.p_value, 4),
         "alpha": decision.alpha,
-        "accuracy_difference_points": round(decision.difference * 100, 2),
+        **metric,
+        f"{decision.metric}_difference_points": round(decision.difference * 100, 2),
         f"interval_{round(decision.confidence * 100)}_points": f"[{low * 100:+.2f}, {high * 100:+.2f}]",
         "margin_points": round(decision.margin * 100, 2),
         "degradation_retrain": decision.degradation_retrain,

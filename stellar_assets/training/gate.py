@@ -10,10 +10,11 @@ Which rows: the split's out-of-time evaluation rows (the window's most recent
 weeks, which the challenger did not train on) that the incumbent did not train
 on either (its run records its training object ids).
 
-Which rule: a paired test on those rows (stellar_core.promotion): the
-challenger replaces the champion when it is better by an exact one-sided
-McNemar test; after the champion degraded, also when it is ahead and
-non-inferior within the margin. A tie never promotes.
+Which rule: a paired test on those rows (stellar_core.promotion), on the
+gate's metric: the challenger replaces the champion when it is better by a
+one-sided test (exact McNemar for accuracy, the default; a paired bootstrap for
+macro F1 or balanced accuracy); after the champion degraded, also when it is
+ahead and non-inferior within the margin. A tie never promotes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from stellar_assets.training.resources import PromotionGate
 from stellar_core.features import LABEL, feature_matrix, label_indices
 from stellar_core.model_bundle import ContractMismatch, ModelBundle
-from stellar_core.promotion import PromotionDecision, decide_promotion
+from stellar_core.promotion import PromotionDecision, decide_promotion_on
 from stellar_core.training import evaluate
 from stellar_core.weeks import Week
 from stellar_mlflow.registry import champion_as_of, load_bundle, training_ids
@@ -103,11 +104,12 @@ def compare_with_incumbent(client: MlflowClient, model_name: str, challenger: Mo
         reason = (f"only {len(rows)} evaluation rows unseen by champion v{incumbent.version} "
                   f"(minimum {gate.min_comparison_rows}): no evidence the challenger is better; champion stays")
         return IncumbentComparison(incumbent, False, reason, len(rows), excluded, note=note)
-    challenger_correct, challenger_proba = _correct(challenger_bundle, rows)
-    champion_correct, champion_proba = _correct(incumbent_bundle, rows)
-    decision = decide_promotion(champion_correct, challenger_correct, degradation_retrain=degradation_retrain,
-                                alpha=gate.alpha, margin=gate.non_inferiority_margin)
+    _, challenger_proba = _correct(challenger_bundle, rows)
+    _, champion_proba = _correct(incumbent_bundle, rows)
     labels = label_indices(rows[LABEL])
+    decision = decide_promotion_on(gate.metric, labels, champion_proba.argmax(axis=1), challenger_proba.argmax(axis=1),
+                                   degradation_retrain=degradation_retrain, alpha=gate.alpha,
+                                   margin=gate.non_inferiority_margin, resamples=gate.bootstrap_resamples)
     ours, theirs = evaluate(challenger_proba, labels).metrics(), evaluate(champion_proba, labels).metrics()
     deltas = {name: ours[name] - theirs[name] for name in ours
               if name in theirs and name != "test_rows" and not np.isnan(theirs[name])}

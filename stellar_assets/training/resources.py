@@ -20,6 +20,7 @@ from pydantic import Field
 from stellar_core.contract import CLASSES
 from stellar_assets.settings import CodeLocationSettings
 from stellar_core.model_bundle import DEFAULT_MODEL_NAME
+from stellar_core.promotion import DEFAULT_RESAMPLES, GATE_METRICS
 from stellar_mlflow.runs import ensure_experiment, ensure_store
 
 DEFAULT_EXPERIMENT = "stellar-training"
@@ -112,11 +113,17 @@ class PromotionGate(dg.ConfigurableResource):
     min_evaluation_rows: int = Field(
         default=_DEFAULTS["gate_min_evaluation_rows"].default,
         description="the evaluation set pools the window's most recent weeks until it holds this many rows")
+    metric: str = Field(
+        default=_DEFAULTS["gate_metric"].default,
+        description=f"what the paired comparison decides on, one of {list(GATE_METRICS)}: accuracy by the exact "
+        "McNemar test, the others by a paired bootstrap")
     alpha: float = Field(default=_DEFAULTS["gate_alpha"].default,
-                         description="one-sided significance of the exact McNemar test")
+                         description="one-sided significance of the paired test")
     non_inferiority_margin: float = Field(
         default=_DEFAULTS["gate_margin"].default,
-        description="accuracy margin a challenger may trail by after the champion degraded")
+        description="how far (in the metric, 0.01 = 1 point) a challenger may trail after the champion degraded")
+    bootstrap_resamples: int = Field(default=DEFAULT_RESAMPLES,
+                                     description="resamples of the paired bootstrap (metrics other than accuracy)")
     min_comparison_rows: int = Field(
         default=30, description="fewest evaluation rows unseen by the champion for a meaningful comparison"
     )
@@ -133,6 +140,10 @@ class PromotionGate(dg.ConfigurableResource):
         if not 0 < self.alpha < 1 or not 0 <= self.non_inferiority_margin < 1:
             problems.append(f"alpha must be in (0, 1) and non_inferiority_margin in [0, 1), got {self.alpha} "
                             f"and {self.non_inferiority_margin}")
+        if self.metric not in GATE_METRICS:
+            problems.append(f"metric must be one of {list(GATE_METRICS)}, got {self.metric!r}")
+        if self.bootstrap_resamples < 100:
+            problems.append(f"bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")
         if self.min_comparison_rows < 1 or self.min_evaluation_rows < 1:
             problems.append("min_comparison_rows and min_evaluation_rows must be >= 1")
         if self.single_row_latency_budget_ms <= 0 or self.batch_latency_budget_ms_per_1000_rows <= 0:
@@ -160,6 +171,7 @@ def training_resources(settings: CodeLocationSettings) -> dict:
             single_row_latency_budget_ms=settings.gate_single_row_budget_ms,
             batch_latency_budget_ms_per_1000_rows=settings.gate_batch_budget_ms,
             min_evaluation_rows=settings.gate_min_evaluation_rows,
+            metric=settings.gate_metric,
             alpha=settings.gate_alpha,
             non_inferiority_margin=settings.gate_margin,
         ),

@@ -1,5 +1,6 @@
 """stellar_core.promotion on its own: the paired table, exact McNemar, the paired interval, the decision
-rules (ties and identical models never promote), an A/A simulation, and the out-of-time evaluation set."""
+rules (ties and identical models never promote), an A/A simulation, the paired bootstrap of the other
+gate metrics, and the out-of-time evaluation set."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ from math import comb
 import numpy as np
 import pytest
 
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
 from stellar_core.promotion import (
+    ACCURACY,
+    BALANCED_ACCURACY,
     KEEP_CHAMPION,
+    MACRO_F1,
+    MCNEMAR,
+    RANDOMIZATION,
     NON_INFERIORITY,
     PROMOTE,
     SUPERIORITY,
@@ -18,7 +26,10 @@ from stellar_core.promotion import (
     PairedTable,
     PromotionInputError,
     decide_promotion,
+    decide_promotion_on,
     mcnemar_exact_p,
+    paired_bootstrap,
+    randomization_p,
     paired_difference_interval,
     paired_table,
     select_evaluation_weeks,
@@ -195,6 +206,160 @@ def test_equally_good_classifiers_are_promoted_at_most_about_alpha_of_the_time()
         old_rule += challenger.sum() >= champion.sum()
     assert promoted <= 0.05 * 200 + 5  # 5% plus binomial slack over 200 trials
     assert old_rule >= 0.4 * 200  # the old rule (accuracy >= champion's) promotes about half of them
+
+
+# ---------------------------------------------------------------- other metrics: randomization test, bootstrap
+
+BOOTSTRAP_METRICS = [MACRO_F1, BALANCED_ACCURACY]
+
+
+def _labels(rng, rows: int, qso_share: float = 0.1) -> np.ndarray:
+    """Class indices GALAXY 0, QSO 1, STAR 2 in about the sample's proportions."""
+    return rng.choice(3, rows, p=[0.6 - qso_share / 2, qso_share, 0.4 - qso_share / 2])
+
+
+def _noisy(rng, labels: np.ndarray, error: float, class_error: dict[int, float] | None = None) -> np.ndarray:
+    """A classifier's predictions: wrong on a random `error` of the rows (or per class), another class then."""
+    rates = np.full(len(labels), error)
+    for k, rate in (class_error or {}).items():
+        rates[labels == k] = rate
+    wrong = rng.random(len(labels)) < rates
+    return np.where(wrong, (labels + rng.integers(1, 3, len(labels))) % 3, labels)
+
+
+@pytest.mark.parametrize("metric, reference", [
+    (MACRO_F1, lambda y, p: f1_score(y, p, average="macro")),
+    (BALANCED_ACCURACY, balanced_accuracy_score),
+])
+def test_bootstrap_point_values_are_the_metrics_scikit_learn_computes(metric, reference):
+    rng = np.random.default_rng(7)
+    labels = _labels(rng, 400)
+    champion, challenger = _noisy(rng, labels, 0.05), _noisy(rng, labels, 0.08)
+    champion_value, challenger_value, differences = paired_bootstrap(metric, labels, champion, challenger,
+                                                                     resamples=500)
+    assert champion_value == pytest.approx(reference(labels, champion), abs=1e-12)
+    assert challenger_value == pytest.approx(reference(labels, challenger), abs=1e-12)
+    assert differences.shape == (500,)
+    # The resamples scatter around the observed difference.
+    assert abs(np.median(differences) - (challenger_value - champion_value)) < 0.01
+
+
+@pytest.mark.parametrize("metric", BOOTSTRAP_METRICS)
+@pytest.mark.parametrize("degradation_retrain", [False, True])
+def test_identical_predictions_never_promote_on_a_bootstrap_metric(metric, degradation_retrain):
+    rng = np.random.default_rng(1)
+    labels = _labels(rng, 2000)
+    predicted = _noisy(rng, labels, 0.04)
+    decision = decide_promotion_on(metric, labels, predicted, predicted.copy(), degradation_retrain=degradation_retrain)
+    assert not decision.promote and decision.decision == KEEP_CHAMPION
+    assert decision.p_value == 1.0 and decision.difference == 0.0 and decision.interval == (0.0, 0.0)
+    assert decision.test == RANDOMIZATION and decision.metric == metric
+
+
+@pytest.mark.parametrize("metric", BOOTSTRAP_METRICS)
+def test_a_clearly_better_challenger_on_a_bootstrap_metric_is_promoted_and_the_same_lead_on_few_rows_is_not(metric):
+    rng = np.random.default_rng(3)
+    labels = _labels(rng, 800)
+    # The champion misses a quarter of the quasars; the challenger a twentieth.
+    champion = _noisy(rng, labels, 0.02, {1: 0.25})
+    challenger = _noisy(rng, labels, 0.02, {1: 0.05})
+    decision = decide_promotion_on(metric, labels, champion, challenger)
+    assert decision.promote and decision.rule == SUPERIORITY and decision.p_value < 0.05
+    assert decision.interval[0] > 0 and decision.challenger_value > decision.champion_value
+    few = decide_promotion_on(metric, labels[:40], champion[:40], challenger[:40])
+    assert not few.promote and few.p_value >= 0.05
+
+
+def test_balanced_accuracy_sees_a_rare_class_gain_the_accuracy_test_misses():
+    """Why the gate can decide on another metric: better quasars, a few more galaxy slips."""
+    rng = np.random.default_rng(11)
+    labels = _labels(rng, 600, qso_share=0.06)
+    champion = _noisy(rng, labels, 0.02, {1: 0.30})
+    challenger = _noisy(rng, labels, 0.03, {1: 0.05})
+    on_accuracy = decide_promotion_on(ACCURACY, labels, champion, challenger)
+    on_balanced = decide_promotion_on(BALANCED_ACCURACY, labels, champion, challenger)
+    assert on_accuracy.test == MCNEMAR and not on_accuracy.promote
+    assert on_balanced.promote and on_balanced.p_value < 0.05
+
+
+def test_bootstrap_non_inferiority_only_on_a_degradation_retrain_within_the_margin():
+    rng = np.random.default_rng(5)
+    labels = _labels(rng, 3000)
+    champion = _noisy(rng, labels, 0.04)
+    # A hair better: not significant, but ahead and well within a 1-point margin on 3,000 rows.
+    challenger = np.where(rng.random(len(labels)) < 0.003, labels, champion)
+    plain = decide_promotion_on(MACRO_F1, labels, champion, challenger)
+    degraded = decide_promotion_on(MACRO_F1, labels, champion, challenger, degradation_retrain=True)
+    assert not plain.promote and plain.rule == SUPERIORITY and plain.p_value >= 0.05
+    assert degraded.promote and degraded.rule == NON_INFERIORITY and degraded.interval[0] > -0.01
+    assert "non-inferior" in degraded.summary
+    strict = decide_promotion_on(MACRO_F1, labels, champion, challenger, degradation_retrain=True, margin=0.0)
+    assert not strict.promote and "inferiority not ruled out" in strict.summary
+
+
+def test_a_bootstrap_decision_is_reproducible_and_its_metadata_names_the_test():
+    rng = np.random.default_rng(9)
+    labels = _labels(rng, 300)
+    champion, challenger = _noisy(rng, labels, 0.05), _noisy(rng, labels, 0.05)
+    first = decide_promotion_on(MACRO_F1, labels, champion, challenger, seed=4)
+    again = decide_promotion_on(MACRO_F1, labels, champion, challenger, seed=4)
+    assert first == again
+    metadata = json.loads(json.dumps(first.metadata()))
+    assert metadata["test"] == RANDOMIZATION and metadata["metric"] == MACRO_F1
+    assert metadata["resamples"] == 2000 and metadata["seed"] == 4 and "randomization_p_value" in metadata
+    assert metadata["both_right"] + metadata["champion_only"] + metadata["challenger_only"] + \
+        metadata["both_wrong"] == 300  # the paired table's four counts are shown for every metric
+    assert "paired randomization test of macro_f1 (2000 rearrangements, seed 4)" in first.summary
+
+
+def test_randomization_p_of_a_single_discordant_row_is_its_exact_permutation_probability():
+    # One row the challenger got right and the champion wrong: a rearrangement keeps the lead with
+    # probability 1/2 (the row not swapped), so p is about 1/2 and never significant.
+    labels = np.array([0, 1, 2] * 100)
+    champion = labels.copy()
+    champion[0] = 1
+    p_value = randomization_p(MACRO_F1, labels, champion, labels, resamples=4000, seed=0)
+    assert abs(p_value - 0.5) < 0.03
+    assert randomization_p(MACRO_F1, labels, labels, champion, resamples=4000, seed=0) == 1.0
+
+
+def test_accuracy_through_decide_promotion_on_is_the_mcnemar_decision():
+    rng = np.random.default_rng(12)
+    labels = _labels(rng, 500)
+    champion, challenger = _noisy(rng, labels, 0.06), _noisy(rng, labels, 0.03)
+    decision = decide_promotion_on(ACCURACY, labels, champion, challenger)
+    assert decision == decide_promotion(champion == labels, challenger == labels)
+    assert decision.test == MCNEMAR and "mcnemar_p_value" in decision.metadata()
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: decide_promotion_on("f2", [0], [0], [0]), "unknown gate metric 'f2'"),
+    (lambda: decide_promotion_on(MACRO_F1, [0, 1], [0], [0, 1]), "2 labels, champion scored on 1 rows"),
+    (lambda: decide_promotion_on(MACRO_F1, [0, 1], [0, -1], [0, 1]), "class indices"),
+    (lambda: decide_promotion_on(MACRO_F1, [0.5, 1], [0, 1], [0, 1]), "class indices"),
+    (lambda: decide_promotion_on(MACRO_F1, [], [], []), "no rows"),
+    (lambda: paired_bootstrap(ACCURACY, [0], [0], [0]), "score macro_f1 or balanced_accuracy"),
+    (lambda: randomization_p("f1", [0], [0], [0]), "score macro_f1 or balanced_accuracy"),
+    (lambda: decide_promotion_on(MACRO_F1, [0, 1], [0, 1], [0, 1], resamples=10), "resamples must be >= 100"),
+    (lambda: decide_promotion_on(MACRO_F1, [0, 1], [0, 1], [0, 1], alpha=1.5), "alpha"),
+])
+def test_bootstrap_refuses_unusable_inputs_by_name(call, words):
+    with pytest.raises(PromotionInputError, match=words):
+        call()
+
+
+@pytest.mark.parametrize("metric", BOOTSTRAP_METRICS)
+def test_equally_good_classifiers_are_promoted_on_a_bootstrap_metric_at_most_about_alpha_of_the_time(metric):
+    """A/A in a small seeded run: both classifiers drawn from the same error process. (The bootstrap's
+    percentile rule, p = share of resamples where the challenger is not ahead, promoted 17 of these 200
+    on balanced accuracy: why superiority is the randomization test's.)"""
+    rng = np.random.default_rng(2027)
+    promoted = 0
+    for trial in range(200):
+        labels = _labels(rng, 300)
+        promoted += decide_promotion_on(metric, labels, _noisy(rng, labels, 0.04), _noisy(rng, labels, 0.04),
+                                        resamples=400, seed=trial).promote
+    assert promoted <= 0.05 * 200 + 5  # 5% plus binomial slack over 200 trials
 
 
 # ---------------------------------------------------------------- the evaluation set

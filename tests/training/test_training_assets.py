@@ -159,6 +159,28 @@ def test_same_partition_twice_gives_same_split_and_metrics(store, model_name):
     assert "keep champion" in verdict.description
 
 
+def test_the_gate_decides_on_macro_f1_by_the_randomization_test_when_configured(store, model_name):
+    assert store.train(model_name, EARLY_WEEK, STRONG).success
+    # The same model again, judged on macro F1: identical predictions, p = 1, a tie does not promote.
+    result = store.train(model_name, EARLY_WEEK, STRONG, metric="macro_f1")
+    assert result.success
+    verdict = check_of(result, "beats_champion")
+    numbers = {k: v.value for k, v in verdict.metadata.items()}
+    assert not verdict.passed and numbers["gate_metric"] == "macro_f1"
+    assert numbers["randomization_p_value"] == 1.0 and "mcnemar_p_value" not in numbers
+    assert numbers["champion_macro_f1"] == numbers["challenger_macro_f1"] and numbers["resamples"] == 2000
+    assert "paired randomization test of macro_f1" in verdict.description
+    assert metadata_of(result, "champion_model")["decision"] == "retained"
+
+
+def test_an_unknown_gate_metric_is_named(store, model_name):
+    result = store.train(model_name, EARLY_WEEK, STRONG, metric="f2_score")
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "metric must be one of ['accuracy', 'macro_f1', 'balanced_accuracy'], got 'f2_score'" in (
+        failure.step_failure_data.error.message + str(failure.step_failure_data.user_failure_data))
+
+
 def test_champion_as_of_never_returns_a_model_that_saw_the_week(store, model_name):
     # A backfill out of order: the later week first.
     late = store.train(model_name, LATE_WEEK, STRONG)
