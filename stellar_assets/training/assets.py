@@ -25,6 +25,7 @@ from stellar_assets.training.challenger import (
     ChallengerConfig,
     Lineage,
     blocking_check_results,
+    blocked_decision,
     blocking_problems,
     challenger_metadata,
     gate_failure,
@@ -40,6 +41,7 @@ from stellar_assets.run_tags import is_degradation_retrain
 from stellar_core.promotion import EvaluationWeeks, PromotionInputError, select_evaluation_weeks
 from stellar_core.training import TrainingInputError, class_mix, out_of_time_split, split_parts
 from stellar_core.weeks import Week
+from stellar_mlflow.registry import get_alias_version
 from stellar_mlflow.runs import dagster_mlflow_run
 
 DEFAULT_WINDOW_WEEKS = CodeLocationSettings.model_fields["training_window_weeks"].default
@@ -228,10 +230,13 @@ def _champion_asset() -> dg.AssetsDefinition:
         week = context.partition_key
         record = challenger_model
         blocking = {name: problems for name, problems in record["gate_problems"].items() if problems}
-        if blocking:
-            # Materialized on its own (not behind its checks in one run): refuse all the same.
-            raise dg.Failure(description=f"challenger v{record['version']} failed the gate: {blocking}")
         client = model_registry.client()
+        if blocking:
+            # Materialized on its own (not behind its checks in one run): refuse all the same, in the
+            # words of the run the checks blocked.
+            alias = get_alias_version(client, model_registry.model_name)
+            raise dg.Failure(description=blocked_decision(record["version"], blocking, alias and alias.version),
+                             metadata={"failed_checks": dg.MetadataValue.json(blocking)}, allow_retries=False)
         challenger = client.get_model_version(model_registry.model_name, record["version"])
         _, test = split_parts(train_test_split)
         outcome = compare_with_incumbent(client, model_registry.model_name, challenger, test, week, gate,

@@ -8,6 +8,7 @@ import dagster as dg
 from mlflow.tracking import MlflowClient
 
 from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
+from stellar_assets.ingestion import INGESTION_ASSETS
 from stellar_assets.training import describe_champion
 from stellar_app.runs import failure_text
 from stellar_mlflow.registry import champion_as_of, get_alias_version
@@ -223,6 +224,26 @@ def test_too_few_unseen_rows_is_no_evidence_and_champion_stays(store, model_name
     assert not verdict.passed and "(minimum 10000): no evidence" in verdict.description
     champion = metadata_of(result, "champion_model")
     assert champion["decision"] == "retained" and champion["alias_version"] == str(champion_before.version)
+
+
+def test_champion_model_on_its_own_refuses_a_blocked_challenger_in_the_gates_words(store, model_name):
+    """Materializing champion_model alone cannot bypass the gate, and says so as the blocked run did."""
+    assert store.train(model_name, EARLY_WEEK, STRONG).success
+    champion_before = get_alias_version(_client(store), model_name)
+    instance = dg.DagsterInstance.ephemeral()
+    blocked = store.train(model_name, LATE_WEEK, WEAK, instance=instance, accuracy_floor=0.999)
+    assert not blocked.success
+    version = metadata_of(blocked, "challenger_model")["model_version"]
+    alone = dg.materialize([*INGESTION_ASSETS, *store.training_assets], selection=["champion_model"],
+                           resources=store.resources(model_name), partition_key=LATE_WEEK, instance=instance,
+                           raise_on_error=False)
+    assert not alone.success
+    failure = _step_failures(alone)["champion_model"]
+    assert failure.error.cls_name == "Failure"
+    assert failure.user_failure_data.description.startswith(
+        f"challenger v{version} not promoted: blocked by the gate — quality_floors: accuracy ")
+    assert failure.user_failure_data.description.endswith(f"; champion v{champion_before.version} stays")
+    assert get_alias_version(_client(store), model_name).version == champion_before.version
 
 
 def test_invalid_gate_configuration_is_named(store, model_name):
