@@ -32,6 +32,16 @@
     Also: how often the trigger fires on the real weeks right after each A/A
     champion's window (real drift included, so neither a false-alarm rate nor
     power: what the platform would see).
+(e) The gate on the other metrics (STELLAR_GATE_METRIC=macro_f1 or
+    balanced_accuracy) on the first --metric-trials A/A pairs: share promoted
+    by the paired randomization test (ordinary retrain, target <= 5%) and with
+    the bootstrap interval's non-inferiority (degradation retrain); for
+    contrast, the bootstrap's percentile rule (promote when fewer than alpha of
+    the resamples put the challenger not ahead); power on the same pairs with
+    the champion made wrong on 1 point of rows. Seed twins disagree on few
+    rows, so also simulated A/A pairs that disagree on about 8% of rows (two
+    classifiers each wrong on an independent 4%, 300 rows, the sample's class
+    mix), where the percentile rule's excess shows.
 """
 
 from __future__ import annotations
@@ -54,8 +64,15 @@ from stellar_core.performance import degradation_evidence  # noqa: E402
 from stellar_core.promotion import (  # noqa: E402
     DEFAULT_MIN_EVALUATION_ROWS,
     InsufficientEvaluationRows,
+    BALANCED_ACCURACY,
+    DEFAULT_ALPHA,
+    DEFAULT_RESAMPLES,
+    MACRO_F1,
     PairedTable,
     decide_promotion,
+    decide_promotion_on,
+    paired_bootstrap,
+    randomization_p,
     select_evaluation_weeks,
 )
 from stellar_core.training import XGBoostParams, predict_proba, train_booster  # noqa: E402
@@ -73,6 +90,10 @@ def correct_of(booster, rows: pd.DataFrame) -> np.ndarray:
     return predict_proba(booster, rows).argmax(axis=1) == label_indices(rows[LABEL])
 
 
+def predicted_of(booster, rows: pd.DataFrame) -> np.ndarray:
+    return predict_proba(booster, rows).argmax(axis=1)
+
+
 def rate(hits: int, trials: int) -> str:
     ci = stats.binomtest(int(hits), int(trials)).proportion_ci(method="exact")
     return f"{hits:>5}/{trials:<5} {hits / trials:6.1%}  [{ci.low:5.1%}, {ci.high:5.1%}]"
@@ -80,13 +101,22 @@ def rate(hits: int, trials: int) -> str:
 
 @dataclass
 class Pair:
-    """An A/A trial: both models' correctness on the out-of-time evaluation rows, and the champion."""
+    """An A/A trial: both models' predictions on the out-of-time evaluation rows, and the champion."""
 
     end: str
-    champion_correct: np.ndarray
-    challenger_correct: np.ndarray
+    labels: np.ndarray
+    champion_predicted: np.ndarray
+    challenger_predicted: np.ndarray
     champion: object
     train_rows: int
+
+    @property
+    def champion_correct(self) -> np.ndarray:
+        return self.champion_predicted == self.labels
+
+    @property
+    def challenger_correct(self) -> np.ndarray:
+        return self.challenger_predicted == self.labels
 
 
 def aa_pairs(table: pd.DataFrame, trials: int, window_weeks: int, min_rows: int, rng) -> list[Pair]:
@@ -107,8 +137,8 @@ def aa_pairs(table: pd.DataFrame, trials: int, window_weeks: int, min_rows: int,
         seeds = rng.choice(2 ** 31 - 1, size=2, replace=False)
         champion = train_booster(train, XGBoostParams(**{**PARAMS.as_dict(), "seed": int(seeds[0])}))
         challenger = train_booster(train, XGBoostParams(**{**PARAMS.as_dict(), "seed": int(seeds[1])}))
-        pairs.append(Pair(end.key, correct_of(champion, evaluation), correct_of(challenger, evaluation),
-                          champion, len(train)))
+        pairs.append(Pair(end.key, label_indices(evaluation[LABEL]), predicted_of(champion, evaluation),
+                          predicted_of(challenger, evaluation), champion, len(train)))
     return pairs
 
 
@@ -134,6 +164,45 @@ def part_aa_and_power(pairs: list[Pair], rng) -> dict:
             (champion, challenger), (champion, ~challenger), (~champion, challenger), (~champion, ~challenger))))
         discordant, rows = discordant + table.discordant, rows + table.rows
     return {"gate": gate, "old": old, "discordance": discordant / rows, "rows": rows}
+
+
+def part_other_metrics(pairs: list[Pair], resamples: int, rng) -> dict:
+    """(e): the randomization test and the bootstrap on macro F1 and balanced accuracy, on real A/A pairs."""
+    found = {}
+    for metric in (MACRO_F1, BALANCED_ACCURACY):
+        counts = {"aa": 0, "aa_degradation": 0, "percentile_rule": 0, "one_point": 0}
+        for trial, pair in enumerate(pairs):
+            labels, champion, challenger = pair.labels, pair.champion_predicted, pair.challenger_predicted
+            # One call answers both retrains: superiority is p < alpha either way.
+            decision = decide_promotion_on(metric, labels, champion, challenger, degradation_retrain=True,
+                                           resamples=resamples, seed=trial)
+            counts["aa"] += decision.p_value < DEFAULT_ALPHA
+            counts["aa_degradation"] += decision.promote
+            _, _, differences = paired_bootstrap(metric, labels, champion, challenger, resamples=resamples, seed=trial)
+            counts["percentile_rule"] += np.mean(differences <= 0) < DEFAULT_ALPHA
+            turned = pair.champion_correct & ~degrade(pair.champion_correct, 0.01, rng)
+            worse = np.where(turned, (labels + 1) % 3, champion)  # a right row turned wrong: another class
+            counts["one_point"] += decide_promotion_on(metric, labels, worse, challenger, resamples=resamples,
+                                                       seed=trial).promote
+        found[metric] = counts
+    return found
+
+
+def simulated_other_metrics(trials: int, rows: int, resamples: int, rng) -> dict:
+    """(e) on simulated A/A pairs: two classifiers each wrong on an independent 4% of the rows."""
+    found = {}
+    for metric in (MACRO_F1, BALANCED_ACCURACY):
+        randomization = percentile = 0
+        for trial in range(trials):
+            labels = rng.choice(3, rows, p=[0.59, 0.19, 0.22])  # GALAXY, QSO, STAR as in the sample
+            champion, challenger = (np.where(rng.random(rows) < 0.04, (labels + rng.integers(1, 3, rows)) % 3, labels)
+                                    for _ in range(2))
+            randomization += randomization_p(metric, labels, champion, challenger, resamples=resamples,
+                                             seed=trial) < DEFAULT_ALPHA
+            _, _, differences = paired_bootstrap(metric, labels, champion, challenger, resamples=resamples, seed=trial)
+            percentile += np.mean(differences <= 0) < DEFAULT_ALPHA
+        found[metric] = {"randomization": randomization, "percentile_rule": percentile}
+    return found
 
 
 def simulated_rate(discordance: float, lead: float, n: int, trials: int, rng) -> float:
@@ -212,12 +281,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="out-of-time evaluation rows, and the trigger's pooled rows")
     parser.add_argument("--sim-trials", type=int, default=2000, help="simulated paired tables per size")
     parser.add_argument("--degradation-trials", type=int, default=2000)
+    parser.add_argument("--metric-trials", type=int, default=200,
+                        help="A/A pairs (e) judges on macro F1 and balanced accuracy (at least 200)")
+    parser.add_argument("--metric-resamples", type=int, default=DEFAULT_RESAMPLES,
+                        help="rearrangements and bootstrap resamples in (e) (the gate's default)")
+    parser.add_argument("--sim-metric-trials", type=int, default=1000,
+                        help="simulated A/A pairs of (e)")
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args(argv)
     if not args.csv.exists():
         parser.error(f"{args.csv} does not exist (the shared sample lives in ../shared/data beside the checkout)")
-    if args.trials < 200:
-        parser.error(f"--trials must be at least 200 for a rate near 5% to mean anything, got {args.trials}")
+    if args.trials < 200 or not 200 <= args.metric_trials <= args.trials:
+        parser.error(f"--trials and --metric-trials must be at least 200 for a rate near 5% to mean anything "
+                     f"(and --metric-trials at most --trials), got {args.trials} and {args.metric_trials}")
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
     table, _ = build_features(pd.read_csv(args.csv))
@@ -272,6 +348,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    on the real weeks right after each A/A champion's window ({args.min_rows}+ rows pooled forward): "
           f"flagged {rate(forward['flagged'], forward['trials'])}; median drop "
           f"{forward['median_drop'] * 100:+.1f} points")
+    m = args.metric_trials
+    other = part_other_metrics(pairs[:m], args.metric_resamples, rng)
+    print(f"\n(e) the gate on other metrics: the first {m} A/A pairs, {args.metric_resamples} rearrangements "
+          f"and bootstrap resamples each")
+    print("    metric             rule                                           promoted     share   95% CI")
+    for metric, counts in other.items():
+        print(f"    {metric:18} randomization test, ordinary (target <= 5%) {rate(counts['aa'], m)}")
+        print(f"    {'':18} + bootstrap non-inferiority, degradation    {rate(counts['aa_degradation'], m)}")
+        print(f"    {'':18} bootstrap percentile rule (contrast)        {rate(counts['percentile_rule'], m)}")
+        print(f"    {'':18} power, champion 1 point worse               {rate(counts['one_point'], m)}")
+    s = args.sim_metric_trials
+    simulated = simulated_other_metrics(s, args.min_rows, 500, rng)
+    print(f"    simulated A/A, {s} pairs of {args.min_rows} rows, each classifier wrong on an independent 4%, "
+          f"500 resamples:")
+    for metric, counts in simulated.items():
+        print(f"    {metric:18} randomization test (target <= 5%)           {rate(counts['randomization'], s)}")
+        print(f"    {'':18} bootstrap percentile rule (contrast)        {rate(counts['percentile_rule'], s)}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 
