@@ -30,6 +30,7 @@ from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_api.status_details import FieldViolation, bad_request_trailer
+from stellar_serving import treeshap
 from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
@@ -206,31 +207,80 @@ def _batch_response(objects, proba: np.ndarray, model: LoadedModel, max_client_i
 
 
 class Explainer:
-    """TreeSHAP contributions from a model's booster (XGBoost `pred_contribs`).
+    """TreeSHAP contributions of a model: C TreeSHAP (treeshap.py) once ready, else XGBoost `pred_contribs`.
 
-    Small requests use a single-threaded copy of the booster, made once per
-    model (as LoadedModel's small predictions do): an OpenMP team for one row
-    costs more than it saves, and stalls on a busy machine. Larger ones use
-    the booster itself. Booster.predict is thread-safe; the copy is never changed
+    The C explainer of a model is built in a background thread the first time the
+    model is asked for an explanation (flat arrays, a compile, a check against
+    pred_contribs on probe rows: about 2 s for 400 rounds); XGBoost answers until
+    then, and for good if the build fails (`note` says why). Both are keyed by the
+    model's booster, which a request reads once with its model: contributions
+    always come from the version that answers, across hot swaps.
+
+    XGBoost's small requests use a single-threaded copy of the booster, made once
+    per model (as LoadedModel's small predictions do): an OpenMP team for one row
+    costs more than it saves, and stalls on a busy machine. Larger ones use the
+    booster itself. Booster.predict is thread-safe; the copy is never changed
     after it is made.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, compiler: str = "gcc") -> None:
         self._lock = threading.Lock()
+        self._compiler = compiler
         # (booster, its single-threaded copy): keyed by the booster, which a model's copies
         # (the same version with another predictor) share.
         self._single: tuple[object, object] | None = None
+        # (booster, its C explainer or None when it could not be built, why): the last one settled.
+        self._c_treeshap: tuple[object, treeshap.TreeShap | None, str] | None = None
+        self._building: object | None = None  # the booster whose C explainer is being built
+        self.note = "no explanation asked yet"  # which explainer answers the last model asked, and why
 
     def contributions(self, model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] inputs -> float32 [n, classes, features + 1]; the last column is the bias."""
+        features = derive_feature_matrix(inputs)
+        explain = self.c_explainer(model)
+        if explain is not None:
+            return explain(features).astype(np.float32)
+        return self._xgboost(model, features)
+
+    def c_explainer(self, model: LoadedModel) -> treeshap.TreeShap | None:
+        """The model's checked C explainer; None while it is built (started here) or if it cannot be."""
+        booster = model.bundle.booster
+        with self._lock:
+            settled = self._c_treeshap
+            if settled is not None and settled[0] is booster:
+                return settled[1]
+            if self._building is None:
+                self._building = booster
+                self.note = "C TreeSHAP is being prepared; XGBoost pred_contribs answers until it is ready"
+                threading.Thread(target=self._build, args=(booster, model.version), daemon=True,
+                                 name="stellar-treeshap").start()
+        return None
+
+    def _build(self, booster, version: str) -> None:
+        try:
+            single = booster.copy()  # one thread: the check's pred_contribs must not take the request threads' cores
+            single.set_param({"nthread": 1})
+            explain = treeshap.build(single, treeshap.probe_features(), self._compiler)
+            note = (f"C TreeSHAP (within {treeshap.PROBE_TOLERANCE:g} of XGBoost pred_contribs on probe rows) "
+                    f"explains v{version}")
+        except Exception as exc:  # the build's own failures are ExplainerUnavailable; anything else falls back too
+            explain, note = None, f"XGBoost pred_contribs explains v{version}: {exc}"
+            log.warning("no C TreeSHAP for v%s, XGBoost explains: %s", version, exc,
+                        extra={"event": "treeshap_fallback", "model_version": version})
+        with self._lock:
+            self._c_treeshap, self._building, self.note = (booster, explain, note), None, note
+        if explain is not None:
+            log.info("C TreeSHAP explains v%s", version, extra={"event": "treeshap_ready", "model_version": version})
+
+    def _xgboost(self, model: LoadedModel, features: np.ndarray) -> np.ndarray:
         import xgboost as xgb
 
         booster = model.bundle.booster
-        if len(inputs) < model.parallel_batch_min:
+        if len(features) < model.parallel_batch_min:
             booster = self._single_threaded(model)
-        matrix = xgb.DMatrix(derive_feature_matrix(inputs), feature_names=booster.feature_names, nthread=1)
+        matrix = xgb.DMatrix(features, feature_names=booster.feature_names, nthread=1)
         out = booster.predict(matrix, pred_contribs=True, strict_shape=True)
-        return np.asarray(out, dtype=np.float32).reshape(len(inputs), len(model.classes), len(FEATURE_NAMES) + 1)
+        return np.asarray(out, dtype=np.float32).reshape(len(features), len(model.classes), len(FEATURE_NAMES) + 1)
 
     def _single_threaded(self, model: LoadedModel):
         with self._lock:

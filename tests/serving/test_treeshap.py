@@ -1,0 +1,183 @@
+"""C TreeSHAP (stellar_serving/treeshap.py) against XGBoost's pred_contribs, and Explain's use of it.
+
+Real compiles with the machine's gcc; the reference is always XGBoost's own
+pred_contribs and output_margin on the same float32 features.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from stellar_core.contract import CLASSES
+from stellar_core.features import FEATURE_NAMES, build_features, derive_feature_matrix, feature_matrix, label_indices
+from stellar_api.client import StellarClient
+from stellar_serving import treeshap
+from stellar_serving.servicers import Explainer
+
+from .messages import to_objects
+
+TOLERANCE = treeshap.PROBE_TOLERANCE
+SETTLE_TIMEOUT = 120  # seconds: only to detect a hang (a build on a busy 2-core machine)
+
+
+def _features(sample_inputs: np.ndarray, rows: int, offset: int = 0) -> np.ndarray:
+    return derive_feature_matrix(sample_inputs[offset:offset + rows])
+
+
+def _xgboost(booster, features: np.ndarray) -> np.ndarray:
+    return treeshap.xgboost_contributions(booster, features).astype(np.float64)
+
+
+def _margins(booster, features: np.ndarray) -> np.ndarray:
+    return booster.predict(xgb.DMatrix(features, nthread=1), output_margin=True, strict_shape=True,
+                           validate_features=False)
+
+
+@pytest.fixture(scope="module")
+def explainers(registry) -> dict[str, treeshap.TreeShap]:
+    return {version: treeshap.TreeShap(bundle.booster) for version, bundle in registry.bundles.items()}
+
+
+@pytest.fixture(scope="module")
+def deep_booster(sample):
+    """Depth 9 on 13 features: paths split on the same feature again and again, and have up to 9
+    distinct features (five quadrature points, where the served models need three)."""
+    features, _ = build_features(sample)
+    matrix = xgb.DMatrix(feature_matrix(features), label=label_indices(features["label"]),
+                         feature_names=list(FEATURE_NAMES))
+    return xgb.train({"objective": "multi:softprob", "num_class": 3, "tree_method": "hist", "nthread": 2,
+                      "max_depth": 9, "eta": 0.3, "seed": 9}, matrix, 15)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, 1000])
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_c_treeshap_agrees_with_pred_contribs_and_sums_to_the_margin(explainers, registry, sample_inputs,
+                                                                     version, rows):
+    booster = registry.bundles[version].booster
+    features = _features(sample_inputs, rows, offset=37)
+    got = explainers[version](features)
+    assert got.shape == (rows, len(CLASSES), len(FEATURE_NAMES) + 1)
+    assert np.abs(got - _xgboost(booster, features)).max() <= TOLERANCE
+    assert np.abs(got.sum(axis=2) - _margins(booster, features)).max() <= TOLERANCE
+    assert np.abs(got[..., :-1]).max() > 1e-3  # the features carry the explanation, not the bias alone
+
+
+def test_missing_values_take_the_default_branches(explainers, registry, sample_inputs):
+    inputs = sample_inputs[:500].copy()
+    inputs[np.random.default_rng(3).random(inputs.shape) < 0.2] = np.nan  # colours of a missing band are NaN too
+    features = derive_feature_matrix(inputs)
+    assert np.isnan(features).any()
+    for version, explain in explainers.items():
+        booster = registry.bundles[version].booster
+        got = explain(features)
+        assert np.abs(got - _xgboost(booster, features)).max() <= TOLERANCE, version
+        assert np.abs(got.sum(axis=2) - _margins(booster, features)).max() <= TOLERANCE, version
+
+
+def test_deep_trees_with_repeated_features_agree(deep_booster, sample_inputs):
+    explain = treeshap.TreeShap(deep_booster)
+    assert explain.trees.n_points >= 4
+    assert explain.trees.unique_count.max() > 6
+    features = _features(sample_inputs, 300, offset=900)
+    assert np.abs(explain(features) - _xgboost(deep_booster, features)).max() <= TOLERANCE
+
+
+def test_build_checks_against_xgboost_and_refuses_what_differs(registry):
+    booster = registry.bundles["1"].booster
+    probe = treeshap.probe_features()
+    assert np.isnan(probe).any()
+    assert isinstance(treeshap.build(booster, probe), treeshap.TreeShap)
+    # Float32 XGBoost and float64 C differ in the last bits: a zero tolerance shows the check can fail.
+    with pytest.raises(treeshap.ExplainerUnavailable, match="differed from XGBoost's pred_contribs"):
+        treeshap.build(booster, probe, tolerance=0.0)
+    # Another model's explainer is far off.
+    other = treeshap.TreeShap(registry.bundles["2"].booster)
+    assert treeshap.max_difference(other, booster, probe) > 1e-2
+
+
+def test_a_compiler_that_does_not_exist_is_reported(registry, tmp_path):
+    missing = str(tmp_path / "no-such-cc")
+    with pytest.raises(treeshap.ExplainerUnavailable, match="no C compiler for TreeSHAP"):
+        treeshap.build(registry.bundles["1"].booster, treeshap.probe_features(), missing)
+
+
+def _settle(explainer: Explainer, model) -> treeshap.TreeShap | None:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while explainer.c_explainer(model) is None and "being prepared" in explainer.note:
+        assert time.monotonic() < deadline, "the C TreeSHAP build never settled"
+        time.sleep(0.05)
+    return explainer.c_explainer(model)
+
+
+class _Model:
+    """What Explainer reads of a LoadedModel."""
+
+    def __init__(self, bundle, version: str) -> None:
+        self.bundle, self.version, self.classes, self.parallel_batch_min = bundle, version, CLASSES, 256
+
+
+def test_explainer_uses_c_treeshap_once_ready(registry, sample_inputs):
+    explainer = Explainer()
+    model = _Model(registry.bundles["1"], "1")
+    inputs = sample_inputs[:7]
+    first = explainer.contributions(model, inputs)  # starts the build; XGBoost answers this one
+    explain = _settle(explainer, model)
+    assert explain is not None, explainer.note
+    assert "C TreeSHAP" in explainer.note and "v1" in explainer.note
+    got = explainer.contributions(model, inputs)
+    np.testing.assert_array_equal(got, explain(derive_feature_matrix(inputs)).astype(np.float32))
+    assert np.abs(got.astype(np.float64) - first).max() <= TOLERANCE
+    # Another version: its own explainer, never the previous one's.
+    other = _Model(registry.bundles["2"], "2")
+    assert explainer.c_explainer(other) is None
+    explain_other = _settle(explainer, other)
+    assert explain_other is not None and explain_other is not explain
+    assert np.abs(explainer.contributions(other, inputs) - _xgboost(registry.bundles["2"].booster,
+                                                                    derive_feature_matrix(inputs))).max() <= TOLERANCE
+
+
+def test_explainer_falls_back_to_xgboost_when_compiling_fails(registry, sample_inputs, tmp_path):
+    explainer = Explainer(compiler=str(tmp_path / "no-such-cc"))
+    model = _Model(registry.bundles["1"], "1")
+    inputs = sample_inputs[:64]
+    explainer.contributions(model, inputs)
+    assert _settle(explainer, model) is None
+    assert "XGBoost pred_contribs explains v1" in explainer.note and "no C compiler" in explainer.note
+    got = explainer.contributions(model, inputs)
+    want = treeshap.xgboost_contributions(registry.bundles["1"].booster, derive_feature_matrix(inputs))
+    np.testing.assert_array_equal(got, want.astype(np.float32))  # XGBoost's own answer, bit for bit
+
+
+def _contributions(response) -> np.ndarray:
+    return np.array([[list(c.contributions) + [c.bias] for c in e.class_contributions]
+                     for e in response.explanations], dtype=np.float32)
+
+
+def test_the_server_explains_with_c_treeshap_from_the_version_that_answers(make_server, registry, sample_inputs):
+    registry.set_champion("1")
+    server = make_server()
+    inputs = sample_inputs[20:27]
+    features = derive_feature_matrix(inputs)
+    with StellarClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+        for version in ("1", "2"):
+            if version == "2":
+                registry.set_champion("2")
+                assert client.reload_model().version == "2"
+            c_answer = treeshap.TreeShap(registry.bundles[version].booster)(features).astype(np.float32)
+            xgb_answer = _xgboost(registry.bundles[version].booster, features).astype(np.float32)
+            assert not np.array_equal(c_answer, xgb_answer)  # the two are told apart by their last bits
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while True:
+                response = client.explain(to_objects(inputs))
+                assert response.model_version == version
+                got = _contributions(response)
+                assert np.abs(got.astype(np.float64) - xgb_answer).max() <= TOLERANCE
+                if np.array_equal(got, c_answer):
+                    break
+                assert time.monotonic() < deadline, f"C TreeSHAP never answered for version {version}"
+                time.sleep(0.1)
+    registry.set_champion("1")
