@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/replay_cost.py                  # 52 weeks of 2008, 3 rounds: a few minutes
     .venv/bin/python benchmarks/replay_cost.py --smoke          # 4 weeks, 1 round (the preparation dominates)
+    .venv/bin/python benchmarks/replay_cost.py --rounds 1 --profile /tmp/platform.prof  # where a week's time goes
 
 Both on one SQLite Dagster instance in a temporary project home (the embedded
 set-up `make demo` uses), over the same range of weeks, in interleaved rounds:
@@ -15,7 +16,9 @@ set-up `make demo` uses), over the same range of weeks, in interleaved rounds:
 - the same with drift_report's default config, which also logs the run's
   latest week to MLflow with its plot (what a weekly run does).
 Prints seconds per week (median of the rounds, with min and max), the ratio
-(target: at most 2x) and the events each run stored per week.
+(target: at most 2x) and the events each run stored per week. With --profile,
+one more platform run (not timed, after the rounds) under cProfile, its stats
+dumped to the given path (read with `python -m pstats PATH`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,19 @@ def timed_run(job, instance, tags: dict, weeks: int, run_config: dict | None = N
     return seconds / weeks, len(instance.all_logs(result.run_id)) / weeks
 
 
+def profiled_run(job, instance, tags: dict, run_config: dict | None, path: Path) -> None:
+    """One more run of `job` under cProfile; its stats dumped to `path`, the top of them printed."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.runcall(job.execute_in_process, instance=instance, run_config={**QUIET, **(run_config or {})},
+                    tags=tags, raise_on_error=True)
+    profile.dump_stats(str(path))
+    print(f"\nprofile of one platform run in {path}; by cumulative time:")
+    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(25)
+
+
 def prepare(defs, instance, first: str, last: str) -> None:
     """Ingest the champion's window and the range; train and promote the champion at the week before."""
     from stellar_app.replay import REPLAY_CHALLENGER, plan_replay
@@ -87,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of floor and platform runs")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     parser.add_argument("--smoke", action="store_true", help="4 weeks, 1 round: checks the script runs")
+    parser.add_argument("--profile", type=Path, metavar="PATH",
+                        help="after the rounds, profile one platform run (as the replay runs it) into PATH")
     args = parser.parse_args(argv)
     if args.smoke:
         args.weeks, args.rounds = 4, 1
@@ -136,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     last_run = instance.get_runs(filters=dg.RunsFilter(job_name="predict_and_check"), limit=1)[0]
     kinds = Counter(e.dagster_event.event_type_value for e in instance.all_logs(last_run.run_id) if e.dagster_event)
     print("platform events by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
+    if args.profile:
+        profiled_run(platform_job, instance, tags, LOG_DEGRADED_ONLY, args.profile)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pydantic import Field
 from stellar_assets.checks import WeekCheck, percent, rounded, rounded_float, week_check_events, weekly_check_spec
 from stellar_assets.monitoring.resources import PREDICTIONS_TABLE, DriftSettings, ServerUnreachable
 from stellar_assets.monitoring.champions import Champions, Reference, predict_table
-from stellar_assets.monitoring.evidence import champion_degradation
+from stellar_assets.monitoring.evidence import ChampionRecords, champion_degradation
 from stellar_assets.monitoring.serving_metrics import parse_metrics, week_figures
 from stellar_assets.partitions import observation_weeks
 from stellar_assets.resources.io_managers import ROW_COUNT_FIELD
@@ -235,13 +235,14 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, b
     keys = list(context.partition_keys)
     run = _DriftRun.start(context)
     weeks = _WeekData(observation_features, raw_observations, batch_predictions)
+    records = ChampionRecords(context.resources.predictions_db, keys[-1])
     reports: dict[str, dict] = {}
     for week in keys:
         version = run.champions.as_of(week)
         weeks.require_predictions_of(week, version)
         report, current, reference = _week_report(run, weeks, week, version)
         metadata = _report_metadata(report, current, version)
-        evidence = champion_degradation(run.champions, context.resources.predictions_db, version, week, run.settings)
+        evidence = champion_degradation(run.champions, records, version, week, run.settings)
         metadata.update(_degradation_metadata(report, evidence))
         if config.wants_mlflow_run(week == keys[-1], evidence is not None and evidence.degraded):
             metadata.update(_log_week(run, week, version, report, current, reference))
@@ -307,7 +308,7 @@ def _week_report(run: _DriftRun, weeks: _WeekData, week: str, version) -> tuple[
     reference = run.champions.reference(version, run.context.resources.io_manager)
     _, current_predicted = predict_table(run.champions.bundle(version), current)
     report = build_drift_report(
-        reference=reference.features, current=current, features=FEATURE_NAMES,
+        reference=reference.sample, current=current, features=FEATURE_NAMES,
         current_predictions=current_predicted, reference_predictions=reference.predicted,
         labels=list(current[LABEL]) if LABEL in current.columns else None,
         champion_accuracy=reference.accuracy, rows_in=raw_in, rows_rejected=max(0, raw_in - len(current)),

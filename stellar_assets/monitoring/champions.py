@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from stellar_assets.partitions import observation_weeks
 from stellar_core.contract import CLASSES
-from stellar_core.features import feature_matrix
+from stellar_core.drift import ReferenceSample
+from stellar_core.features import FEATURE_NAMES, feature_matrix
 from stellar_core.model_bundle import ModelBundle
 from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
 from stellar_mlflow.registry import champion_among, load_bundle, model_versions
@@ -33,6 +34,7 @@ class Reference:
     """A champion's training window as it predicts it: what its weeks are compared with."""
 
     features: pd.DataFrame
+    sample: ReferenceSample  # the features cleaned and sorted once, for the weekly tests
     predicted: list[str]
     rows_in: int  # raw rows received in the window
     rejected: int  # of them, rows that did not become features
@@ -113,6 +115,6 @@ class Champions:
                                  f"window {first}..{last}: ingest those weeks first")
             _, predicted = predict_table(self.bundle(version), features)
             accuracy = self.run_metrics(version).get("accuracy")
-            _REFERENCES.keep(key, Reference(features, predicted, len(raw), max(0, len(raw) - len(features)),
-                                            (first, last), accuracy))
+            _REFERENCES.keep(key, Reference(features, ReferenceSample.of(features, FEATURE_NAMES), predicted,
+                                            len(raw), max(0, len(raw) - len(features)), (first, last), accuracy))
         return _REFERENCES[key]

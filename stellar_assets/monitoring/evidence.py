@@ -26,13 +26,31 @@ def out_of_time_reference(champions: Champions, version: ModelVersion) -> tuple[
     return int(round(accuracy * rows)), int(rows)
 
 
-def champion_degradation(champions: Champions, predictions: PredictionsDatabase, version: ModelVersion, week: str,
+class ChampionRecords:
+    """Each champion's labelled record since its training window, read from the predictions table once per
+    run (through the run's last week, all of them stored by batch_predictions before the drift report
+    runs) rather than once per week; a week's record is the part up to that week."""
+
+    def __init__(self, predictions: PredictionsDatabase, through_week: str):
+        self.predictions, self.through_week = predictions, through_week
+        self._scores: dict[str, list[tuple[str, int, int]]] = {}
+
+    def up_to(self, version: ModelVersion, week: str) -> list[tuple[str, int, int]]:
+        """(week, correct, labelled) of `version`'s weeks after its training window, up to `week`."""
+        if week > self.through_week:
+            raise ValueError(f"week {week} is after {self.through_week}, the last week these records were read for")
+        key = str(version.version)
+        if key not in self._scores:
+            trained_through = (version.tags or {}).get(TAG_WINDOW_LAST, "")
+            self._scores[key] = self.predictions.labelled_scores(key, trained_through, self.through_week)
+        return [score for score in self._scores[key] if score[0] <= week]
+
+
+def champion_degradation(champions: Champions, records: ChampionRecords, version: ModelVersion, week: str,
                          settings: DriftSettings) -> DegradationEvidence | None:
     """The evidence at `week` for the champion `version`; None when it has no out-of-time reference."""
     reference = out_of_time_reference(champions, version)
     if reference is None:
         return None
-    trained_through = (version.tags or {}).get(TAG_WINDOW_LAST, "")
-    scores = predictions.labelled_scores(str(version.version), trained_through, week)
-    return degradation_evidence(scores, *reference, min_rows=settings.degradation_min_rows,
+    return degradation_evidence(records.up_to(version, week), *reference, min_rows=settings.degradation_min_rows,
                                 alpha=settings.degradation_alpha)

@@ -132,8 +132,11 @@ class PredictionsDatabase(dg.ConfigurableResource):
                  .where(c.model_version == str(model_version), c.label.is_not(None),
                         c.week > after_week, c.week <= through_week)
                  .group_by(c.week).order_by(c.week))
-        with self.engine().connect() as conn:
-            return [(week, int(correct), int(total)) for week, correct, total in conn.execute(query)]
+        engine = self.engine()
+        with engine.connect() as conn:
+            scores = [(week, int(correct), int(total)) for week, correct, total in conn.execute(query)]
+        engine.dispose()
+        return scores
 
     def save_snapshot(self, week: str, taken_at: float, snapshot_json: str) -> None:
         engine = self.engine()

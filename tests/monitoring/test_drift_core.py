@@ -153,3 +153,36 @@ def test_drift_report_config_names_a_wrong_mlflow_runs_value_and_picks_the_weeks
     assert not default.wants_mlflow_run(False, False)
     assert degraded_only.wants_mlflow_run(False, True) and not degraded_only.wants_mlflow_run(True, False)
     assert every.wants_mlflow_run(False, False)
+
+
+def test_feature_drift_with_a_prepared_reference_gives_scipys_statistics():
+    """The prepared reference (sorted once per champion) and the unwrapped KS give what the public scipy
+    functions give on the raw samples, ties and missing values included."""
+    from scipy import stats
+
+    from stellar_core.drift import ReferenceSample
+
+    rng = np.random.default_rng(7)
+    reference = pd.DataFrame({"x": rng.normal(0, 1, 800), "y": rng.integers(0, 5, 800).astype(float)})
+    reference.loc[::50, "x"] = np.nan
+    current = pd.DataFrame({"x": rng.normal(0.3, 1.2, 70), "y": rng.integers(1, 6, 70).astype(float)})
+    current.loc[::9, "y"] = np.inf
+    prepared = ReferenceSample.of(reference, ["x", "y"])
+    rows = feature_drift(prepared, current, ["x", "y"], T)
+    assert rows == feature_drift(reference, current, ["x", "y"], T) and len(prepared) == 800
+    for row in rows:
+        ref = reference[row["feature"]].to_numpy()
+        cur = current[row["feature"]].to_numpy()
+        ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
+        expected = stats.ks_2samp(ref, cur)
+        assert (row["statistic"], row["p_value"]) == (float(expected.statistic), float(expected.pvalue))
+        assert row["wasserstein_sd"] == pytest.approx(stats.wasserstein_distance(ref, cur) / np.std(ref), rel=1e-12)
+        assert row["mean_shift_sd"] == pytest.approx((cur.mean() - ref.mean()) / np.std(ref), rel=1e-12)
+    assert rows[0]["test"] == "ks" and rows[0]["drifted"] and rows[0]["n_reference"] == 784
+
+
+def test_a_prepared_reference_names_missing_feature_columns():
+    from stellar_core.drift import ReferenceSample
+
+    with pytest.raises(DriftInputError, match=r"missing from reference rows: \['z'\]"):
+        ReferenceSample.of(_normal(50), ["x", "z"])
