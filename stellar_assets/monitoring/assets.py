@@ -1,7 +1,8 @@
 """Weekly monitoring: batch predictions, drift report (with its checks), serving report.
 
     observation_features[W] -> batch_predictions[W] -> drift_report[W]  (check: drift, one per week, over
-    observation_features[W-3..W], raw_observations[W-3..W] -^   data, prediction, performance, rejected rows)
+    observation_features[W-3..W], raw_observations[W-3..W] -^   data, prediction, performance, rejected rows;
+                                                                  raw_observations: rows counted, not loaded)
     prediction server /metrics -> serving_report[W]
 
 batch_predictions and drift_report run a whole range of weeks in one run
@@ -39,7 +40,7 @@ from stellar_core.drift import (
 )
 from stellar_core.features import FEATURE_NAMES, LABEL
 from stellar_core.plots import distribution_figure
-from stellar_core.weeks import Week, week_keys_for_mjds
+from stellar_core.weeks import Week
 from stellar_mlflow.names import (
     DRIFT_PLOT,
     DRIFT_REPORT_ARTIFACT,
@@ -74,12 +75,6 @@ def check_descriptions(t: DriftThresholds) -> dict[str, str]:
 
 
 CHECK_DESCRIPTIONS = check_descriptions(DriftThresholds())
-
-
-def _weeks_of_raw(raw: pd.DataFrame) -> pd.Series:
-    if raw.empty or "MJD" not in raw.columns:
-        return pd.Series([], dtype=str, index=raw.index)
-    return pd.Series(week_keys_for_mjds(raw["MJD"].to_numpy()), index=raw.index)
 
 
 # ---------------------------------------------------------------- batch_predictions
@@ -218,9 +213,10 @@ class DriftReportConfig(dg.Config):
         "batch_predictions": dg.AssetIn(),
         "observation_features": dg.AssetIn(partition_mapping=_window_mapping(),
                                            metadata={"allow_missing_partitions": True}),
-        "raw_observations": dg.AssetIn(partition_mapping=_window_mapping(),
-                                       metadata={"allow_missing_partitions": True}),
     },
+    # Only the rows each week received count (rejected rows): read from the stored partitions' footers
+    # rather than loading every raw row of the windows.
+    deps=[dg.AssetDep("raw_observations", partition_mapping=_window_mapping())],
     required_resource_keys={"model_registry", "drift_settings", "io_manager", "predictions_db"},
     # A re-run never replaces a report with one on fewer of the week's own rows. (Not the rows
     # tested: a week that grows past min_rows is tested alone, on fewer rows, and rightly so.)
@@ -231,10 +227,10 @@ class DriftReportConfig(dg.Config):
     "and plots in MLflow (experiment stellar-monitoring), summary here.",
 )
 def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, batch_predictions: pd.DataFrame,
-                 observation_features: pd.DataFrame, raw_observations: pd.DataFrame):
+                 observation_features: pd.DataFrame):
     keys = list(context.partition_keys)
     run = _DriftRun.start(context)
-    weeks = _WeekData(observation_features, raw_observations, batch_predictions)
+    weeks = _WeekData(observation_features, batch_predictions, context.resources.io_manager)
     records = ChampionRecords(context.resources.predictions_db, keys[-1])
     reports: dict[str, dict] = {}
     for week in keys:
@@ -280,33 +276,59 @@ class _DriftRun:
 
 
 class _WeekData:
-    """The run's inputs, by week: features and raw rows of the trailing windows, and the predictions."""
+    """The run's inputs, by week: features of the trailing windows, the predictions, raw rows received."""
 
-    def __init__(self, features: pd.DataFrame, raw: pd.DataFrame, predictions: pd.DataFrame):
+    def __init__(self, features: pd.DataFrame, predictions: pd.DataFrame, store):
         self.features = features if len(features) else pd.DataFrame(columns=["week", *FEATURE_NAMES])
-        self.raw_weeks = _weeks_of_raw(raw)
-        self.predictions = predictions if len(predictions) else pd.DataFrame(columns=["week", "model_version"])
+        self.predictions = predictions if len(predictions) else pd.DataFrame(
+            columns=["object_id", "week", "model_version", "predicted_class"])
         self.rows = self.features.groupby("week").size().to_dict()
+        self.versions = {week: versions.unique() for week, versions
+                         in self.predictions.groupby("week")["model_version"]}
+        self.store = store
+        self._raw_rows: dict[str, int] = {}
 
     def require_predictions_of(self, week: str, version) -> None:
-        stored = self.predictions.loc[self.predictions["week"] == week, "model_version"].unique()
+        stored = self.versions.get(week, [])
         if len(stored) and str(stored[0]) != str(version.version):
             raise dg.Failure(description=f"batch_predictions[{week}] came from v{stored[0]} but the champion as of "
                              f"{week} is v{version.version}: re-materialize batch_predictions first")
 
     def window(self, week: str, thresholds: DriftThresholds) -> list[str]:
         """W alone, or W and earlier weeks until enough rows (stellar_core.drift.choose_window)."""
-        first = max((Week.of(week) - (thresholds.trailing_weeks - 1)).key, observation_weeks.get_first_partition_key())
-        candidates = observation_weeks.get_partition_keys_in_range(dg.PartitionKeyRange(first, week))
+        first = observation_weeks.get_first_partition_key()
+        candidates = [key for back in range(thresholds.trailing_weeks - 1, -1, -1)
+                      if (key := (Week.of(week) - back).key) >= first]
         return choose_window({k: int(self.rows.get(k, 0)) for k in candidates}, week, thresholds)
+
+    def raw_rows(self, window: list[str]) -> int:
+        """Raw rows received in the window's weeks (a raw partition holds the rows whose MJD falls in its week)."""
+        for week in window:
+            if week not in self._raw_rows:
+                self._raw_rows[week] = self.store.stored_rows(dg.AssetKey("raw_observations"), week) or 0
+        return sum(self._raw_rows[week] for week in window)
+
+    def stored_predictions(self, window: list[str], version, current: pd.DataFrame) -> list[str] | None:
+        """The classes batch_predictions stored for `current` (the window's rows, in order) when this run's
+        input holds every one of them from `version`; None otherwise (the caller predicts them)."""
+        if any(week not in self.versions for week in window):
+            return None
+        stored = self.predictions.loc[self.predictions["week"].isin(window)]
+        if len(stored) != len(current) or set(stored["model_version"].astype(str)) != {str(version.version)}:
+            return None
+        if not (stored["object_id"].astype(str).to_numpy() == current["object_id"].astype(str).to_numpy()).all():
+            return None
+        return list(stored["predicted_class"])
 
 
 def _week_report(run: _DriftRun, weeks: _WeekData, week: str, version) -> tuple[dict, pd.DataFrame, Reference]:
     window = weeks.window(week, run.thresholds)
     current = weeks.features.loc[weeks.features["week"].isin(window)].reset_index(drop=True)
-    raw_in = int(weeks.raw_weeks.isin(window).sum())
+    raw_in = weeks.raw_rows(window)
     reference = run.champions.reference(version, run.context.resources.io_manager)
-    _, current_predicted = predict_table(run.champions.bundle(version), current)
+    current_predicted = weeks.stored_predictions(window, version, current)
+    if current_predicted is None:  # a window reaching before this run's weeks: its champion predicts it
+        _, current_predicted = predict_table(run.champions.bundle(version), current)
     report = build_drift_report(
         reference=reference.sample, current=current, features=FEATURE_NAMES,
         current_predictions=current_predicted, reference_predictions=reference.predicted,

@@ -45,6 +45,17 @@ class ChampionRecords:
             self._scores[key] = self.predictions.labelled_scores(key, trained_through, self.through_week)
         return [score for score in self._scores[key] if score[0] <= week]
 
+    def trailing(self, version: ModelVersion, week: str, min_rows: int) -> list[tuple[str, int, int]]:
+        """The last of those weeks, back to the fewest that hold `min_rows` labelled rows (all when fewer):
+        all the test pools (performance.pool_trailing_weeks), so a long reign costs no more per week."""
+        scores = self.up_to(version, week)
+        rows = 0
+        for start in range(len(scores) - 1, -1, -1):
+            rows += scores[start][2]
+            if rows >= min_rows:
+                return scores[start:]
+        return scores
+
 
 def champion_degradation(champions: Champions, records: ChampionRecords, version: ModelVersion, week: str,
                          settings: DriftSettings) -> DegradationEvidence | None:
@@ -52,5 +63,6 @@ def champion_degradation(champions: Champions, records: ChampionRecords, version
     reference = out_of_time_reference(champions, version)
     if reference is None:
         return None
-    return degradation_evidence(records.up_to(version, week), *reference, min_rows=settings.degradation_min_rows,
+    scores = records.trailing(version, week, settings.degradation_min_rows)
+    return degradation_evidence(scores, *reference, min_rows=settings.degradation_min_rows,
                                 alpha=settings.degradation_alpha)

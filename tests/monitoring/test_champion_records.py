@@ -9,6 +9,7 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from stellar_assets.monitoring.evidence import ChampionRecords
 from stellar_assets.monitoring.resources import PredictionsDatabase
+from stellar_core.performance import degradation_evidence
 from stellar_mlflow.names import TAG_WINDOW_LAST
 
 WEEKS = ["2008-06-01", "2008-06-08", "2008-06-15", "2008-06-22", "2008-06-29"]
@@ -47,6 +48,13 @@ def test_one_query_per_champion_gives_each_weeks_own_record(tmp_path):
             assert records.up_to(version, week) == expected
     assert records.up_to(v1, WEEKS[3]) == [(WEEKS[1], 3, 6), (WEEKS[3], 4, 6)]  # after its window, labelled only
     assert records.up_to(v2, WEEKS[3]) == [(WEEKS[2], 7, 7)]
+    # What the degradation test reads: the last weeks that hold its minimum of rows, as it pools them.
+    scores = records.up_to(v1, WEEKS[3])
+    assert records.trailing(v1, WEEKS[3], 6) == [(WEEKS[3], 4, 6)]
+    assert records.trailing(v1, WEEKS[3], 7) == records.trailing(v1, WEEKS[3], 300) == scores
+    for min_rows in (1, 6, 7, 12, 13, 300):
+        assert degradation_evidence(records.trailing(v1, WEEKS[3], min_rows), 90, 100, min_rows=min_rows) \
+            == degradation_evidence(scores, 90, 100, min_rows=min_rows)
     assert database.queries == [("1", WEEKS[0], WEEKS[3]), ("2", "2008-05-25", WEEKS[3])]
     with pytest.raises(ValueError, match="week 2008-06-29 is after 2008-06-22, the last week these records"):
         records.up_to(v1, WEEKS[4])
