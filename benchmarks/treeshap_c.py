@@ -7,7 +7,8 @@ depth 6, eta 0.1) on the SDSS sample, then:
 - checks the C contributions against XGBoost's pred_contribs (one thread) on
   --check-rows real rows and on the same rows with a quarter of the values set
   missing (NaN): the largest absolute difference, and the largest difference
-  between a row's contributions + bias and XGBoost's margin (output_margin);
+  between a row's contributions + bias and XGBoost's margin (output_margin),
+  beside the same for XGBoost's own contributions (its float32 rounding);
 - times, interleaved, one-object calls (a different row each call) and
   batches of 7, 64 and 256 rows: C TreeSHAP, and XGBoost on a one-thread
   copy of the booster (what Explain uses today for small requests) and on all
@@ -35,17 +36,18 @@ from compiled_predictor import median_call_seconds, train  # noqa: E402
 BATCHES = (1, 7, 64, 256)
 
 
-def check(explain, booster, rows: np.ndarray) -> tuple[float, float]:
-    """(max |C - pred_contribs|, max |sum of C contributions - output_margin|) on `rows`."""
+def check(explain, booster, rows: np.ndarray) -> tuple[float, float, float]:
+    """On `rows`: max |C - pred_contribs|, max |sum of C contributions - output_margin|, and XGBoost's
+    own max |sum of pred_contribs - output_margin| (its float32 rounding, for scale)."""
     import xgboost as xgb
 
     from stellar_serving.treeshap import xgboost_contributions
 
-    got = explain(rows)
-    difference = float(np.abs(got - xgboost_contributions(booster, rows).astype(np.float64)).max())
+    got, reference = explain(rows), xgboost_contributions(booster, rows).astype(np.float64)
     margins = booster.predict(xgb.DMatrix(rows, nthread=1), output_margin=True, strict_shape=True,
                               validate_features=False)
-    return difference, float(np.abs(got.sum(axis=2) - margins).max())
+    return (float(np.abs(got - reference).max()), float(np.abs(got.sum(axis=2) - margins).max()),
+            float(np.abs(reference.sum(axis=2) - margins).max()))
 
 
 def with_missing(rows: np.ndarray, fraction: float = 0.25, seed: int = 14) -> np.ndarray:
@@ -79,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{t.unique_count.mean():.2f}")
     check_rows = rows[:args.check_rows]
     for name, sample in (("real rows", check_rows), ("real rows, 25% missing", with_missing(check_rows))):
-        difference, margin = check(explain, single, sample)
-        print(f"{name} ({len(sample)}): max |C - pred_contribs| {difference:.3g}; "
-              f"max |sum - output_margin| {margin:.3g}")
+        difference, margin, own = check(explain, single, sample)
+        print(f"{name} ({len(sample)}): max |C - pred_contribs| {difference:.3g}; max |sum of C - output_margin| "
+              f"{margin:.3g} (XGBoost's own sum of pred_contribs - output_margin: {own:.3g})")
 
     predictors = {"C treeshap": explain, "xgboost 1 thread": lambda r: xgboost_contributions(single, r),
                   "xgboost all cores": lambda r: xgboost_contributions(booster, r)}
