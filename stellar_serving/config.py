@@ -27,6 +27,7 @@ from stellar_core.contract import DEFAULT_MODEL_NAME  # noqa: E402
 
 AUTH_SCOPES = ("all", "admin")
 COMPILED_PREDICTOR_MODES = ("auto", "off")
+EXPLAINER_MODES = ("auto", "xgboost")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -94,6 +95,11 @@ class ServingConfig:
         "benchmarks/compiled_predictor.py)")
     compiled_compiler: str = _env(
         "STELLAR_COMPILED_PREDICTOR_CC", "gcc", "C compiler tl2cgen runs (gcc or clang, or a path to one)")
+    explainer: str = _env(
+        "STELLAR_EXPLAINER", "auto",
+        "auto: Explain answers with exact C TreeSHAP (compiled with STELLAR_COMPILED_PREDICTOR_CC at a version's "
+        "first Explain, in the background, and checked against XGBoost), XGBoost pred_contribs until then; "
+        "xgboost: XGBoost pred_contribs always")
     micro_batch_max_rows: int = _env(
         "STELLAR_MICRO_BATCH_MAX_ROWS", 64,
         "concurrent requests smaller than this are predicted together (0: off)")
@@ -143,9 +149,12 @@ class ServingConfig:
         if self.compiled_predictor not in COMPILED_PREDICTOR_MODES:
             problems.append(f"STELLAR_COMPILED_PREDICTOR must be one of {COMPILED_PREDICTOR_MODES}, "
                             f"got {self.compiled_predictor!r}")
+        if self.explainer not in EXPLAINER_MODES:
+            problems.append(f"STELLAR_EXPLAINER must be one of {EXPLAINER_MODES}, got {self.explainer!r}")
         compiler = self.compiled_compiler
         # tl2cgen runs the compiler through the shell: a space or a shell character would split or run other things.
-        if self.compiled_predictor != "off" and (not compiler or not all(c.isalnum() or c in "/._+-" for c in compiler)):
+        compiles = self.compiled_predictor != "off" or self.explainer == "auto"
+        if compiles and (not compiler or not all(c.isalnum() or c in "/._+-" for c in compiler)):
             problems.append(f"STELLAR_COMPILED_PREDICTOR_CC must name a C compiler (a command or path of letters, "
                             f"digits and / . _ + -), got {compiler!r}")
         if self.log_level.upper() not in LOG_LEVELS:

@@ -102,7 +102,7 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
     def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
                  batcher: MicroBatcher) -> None:
         super().__init__(store, config, metrics, batcher)
-        self.explainer = Explainer()
+        self.explainer = Explainer(config.compiled_compiler if config.explainer == "auto" else None)
 
     # -- classification -----------------------------------------------------------
     def _inputs(self, objects, what: str, context, field: str = OBJECTS_FIELD,
@@ -159,7 +159,10 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
 
     # -- model ------------------------------------------------------------------------
     def GetModelInfo(self, request, context):
-        return model_info(_current(self.store, context))
+        model = _current(self.store, context)
+        info = model_info(model)
+        info.explainer, info.explainer_note = self.explainer.describe(model)
+        return info
 
     def ReloadModel(self, request, context):
         # The reload runs on the store's reload thread, shared with every caller
@@ -223,7 +226,11 @@ class Explainer:
     after it is made.
     """
 
-    def __init__(self, compiler: str = "gcc") -> None:
+    C_TREESHAP, XGBOOST = "c_treeshap", "xgboost"
+    OFF_NOTE = "STELLAR_EXPLAINER=xgboost: XGBoost pred_contribs explains"
+
+    def __init__(self, compiler: str | None = "gcc") -> None:
+        """`compiler`: the C compiler for C TreeSHAP; None: XGBoost explains every model."""
         self._lock = threading.Lock()
         self._compiler = compiler
         # (booster, its single-threaded copy): keyed by the booster, which a model's copies
@@ -249,12 +256,28 @@ class Explainer:
             settled = self._c_treeshap
             if settled is not None and settled[0] is booster:
                 return settled[1]
+            if self._compiler is None:
+                self.note = self.OFF_NOTE
+                return None
             if self._building is None:
                 self._building = booster
                 self.note = "C TreeSHAP is being prepared; XGBoost pred_contribs answers until it is ready"
                 threading.Thread(target=self._build, args=(booster, model.version), daemon=True,
                                  name="stellar-treeshap").start()
         return None
+
+    def describe(self, model: LoadedModel) -> tuple[str, str]:
+        """(which explainer answers `model`'s Explain calls now, why): for GetModelInfo."""
+        with self._lock:
+            settled = self._c_treeshap
+            if settled is not None and settled[0] is model.bundle.booster:
+                return (self.C_TREESHAP if settled[1] is not None else self.XGBOOST), settled[2]
+            if self._compiler is None:
+                return self.XGBOOST, self.OFF_NOTE
+            if self._building is model.bundle.booster:
+                return self.XGBOOST, "C TreeSHAP is being prepared; XGBoost pred_contribs answers until it is ready"
+            return self.XGBOOST, (f"C TreeSHAP for v{model.version} is prepared at its first Explain call; "
+                                  "XGBoost pred_contribs answers until it is ready")
 
     def _build(self, booster, version: str) -> None:
         try:

@@ -152,6 +152,17 @@ def test_explainer_falls_back_to_xgboost_when_compiling_fails(registry, sample_i
     np.testing.assert_array_equal(got, want.astype(np.float32))  # XGBoost's own answer, bit for bit
 
 
+def test_explainer_without_a_compiler_setting_explains_with_xgboost_and_says_why(registry, sample_inputs):
+    explainer = Explainer(compiler=None)  # STELLAR_EXPLAINER=xgboost
+    model = _Model(registry.bundles["1"], "1")
+    inputs = sample_inputs[:7]
+    got = explainer.contributions(model, inputs)
+    assert explainer.c_explainer(model) is None and "being prepared" not in explainer.note
+    assert explainer.describe(model) == (Explainer.XGBOOST, Explainer.OFF_NOTE)
+    want = treeshap.xgboost_contributions(registry.bundles["1"].booster, derive_feature_matrix(inputs))
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
 def _contributions(response) -> np.ndarray:
     return np.array([[list(c.contributions) + [c.bias] for c in e.class_contributions]
                      for e in response.explanations], dtype=np.float32)
@@ -167,6 +178,9 @@ def test_the_server_explains_with_c_treeshap_from_the_version_that_answers(make_
             if version == "2":
                 registry.set_champion("2")
                 assert client.reload_model().version == "2"
+            before = client.model_info()  # GetModelInfo names the explainer of the version it serves
+            assert (before.version, before.explainer) == (version, "xgboost")
+            assert f"C TreeSHAP for v{version} is prepared at its first Explain call" in before.explainer_note
             c_answer = treeshap.TreeShap(registry.bundles[version].booster)(features).astype(np.float32)
             xgb_answer = _xgboost(registry.bundles[version].booster, features).astype(np.float32)
             assert not np.array_equal(c_answer, xgb_answer)  # the two are told apart by their last bits
@@ -180,4 +194,37 @@ def test_the_server_explains_with_c_treeshap_from_the_version_that_answers(make_
                     break
                 assert time.monotonic() < deadline, f"C TreeSHAP never answered for version {version}"
                 time.sleep(0.1)
+            after = client.model_info()
+            assert (after.version, after.explainer) == (version, "c_treeshap")
+            assert f"C TreeSHAP (within 1e-05 of XGBoost pred_contribs on probe rows) explains v{version}" == \
+                after.explainer_note
     registry.set_champion("1")
+
+
+def test_a_server_told_to_explain_with_xgboost_never_compiles(make_server, registry, sample_inputs):
+    registry.set_champion("1")
+    server = make_server(explainer="xgboost")
+    inputs = sample_inputs[:3]
+    with StellarClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+        got = _contributions(client.explain(to_objects(inputs)))
+        info = client.model_info()
+    assert (info.explainer, info.explainer_note) == ("xgboost", Explainer.OFF_NOTE)
+    want = _xgboost(registry.bundles["1"].booster, derive_feature_matrix(inputs)).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"STELLAR_EXPLAINER": "c"}, "STELLAR_EXPLAINER must be one of ('auto', 'xgboost'), got 'c'"),
+    # The compiler is checked when C TreeSHAP may compile, even with the compiled predictor off.
+    ({"STELLAR_COMPILED_PREDICTOR": "off", "STELLAR_COMPILED_PREDICTOR_CC": "gcc; rm"},
+     "STELLAR_COMPILED_PREDICTOR_CC must name a C compiler"),
+])
+def test_bad_explainer_settings_are_refused(env, message):
+    from stellar_serving.config import ServingConfig
+
+    with pytest.raises(ValueError) as err:
+        ServingConfig.from_env(env)
+    assert message in str(err.value)
+    assert "STELLAR_EXPLAINER" in ServingConfig.env_vars()
+    ServingConfig.from_env({"STELLAR_COMPILED_PREDICTOR": "off", "STELLAR_EXPLAINER": "xgboost",
+                            "STELLAR_COMPILED_PREDICTOR_CC": "gcc; rm"})  # nothing compiles: not checked
