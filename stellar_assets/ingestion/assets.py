@@ -10,6 +10,7 @@ that was good before keeps its data.
 import hashlib
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from stellar_core.contract import (
@@ -33,6 +34,7 @@ from stellar_core.quality import (
 )
 from stellar_core.sources import SourceError
 from stellar_core.week_changes import WeekChange, compare_week, content_version
+from stellar_core.week_changes import _by_value as by_value  # the per-row values content_version hashes
 from stellar_core.weeks import week_keys_for_mjds
 from stellar_assets.checks import WeekCheck, percent, week_check_events, weekly_check_spec
 from stellar_assets.partitions import observation_weeks, survey_span
@@ -162,11 +164,12 @@ def _class_mix(labels: pd.Series) -> dict:
     return {str(k): int(v) for k, v in counts.items()}
 
 
-def _week_metadata(frame: pd.DataFrame, label_column: str, source: str) -> dict:
+def _week_metadata(frame: pd.DataFrame, label_column: str, source: str, version: str) -> dict:
+    """`version`: the week's content_version (computed for the whole batch at once)."""
     metadata = {
         "rows": dg.MetadataValue.int(len(frame)),
         "source": source,
-        "data_hash": content_version(frame),
+        "data_hash": version,
     }
     if frame.empty:
         metadata["note"] = "no spectra observed this week (normal: SDSS did not observe every week)"
@@ -175,6 +178,27 @@ def _week_metadata(frame: pd.DataFrame, label_column: str, source: str) -> dict:
         metadata["class_mix"] = dg.MetadataValue.json(_class_mix(frame[label_column]))
     metadata["preview"] = dg.MetadataValue.md(frame.head(5).to_markdown(index=False))
     return metadata
+
+
+def week_content_versions(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> dict[str, str]:
+    """content_version of each week's rows of `frame`, the same strings as calling it on each week's
+    part: the row hashes of the whole batch are computed once (a call per week costs milliseconds,
+    a few seconds over the survey), then each week hashes its rows' hashes in its own ID order."""
+    if frame.empty:
+        return {key: content_version(frame) for key in keys}
+    row_hashes = pd.util.hash_pandas_object(by_value(frame), index=False).to_numpy()
+    columns = ",".join(map(str, frame.columns)).encode()
+    positions = pd.Series(np.arange(len(frame))).groupby(weeks.to_numpy(), sort=False).indices
+    versions = {}
+    for key in keys:
+        rows = positions.get(key)
+        if rows is None:
+            versions[key] = content_version(frame.iloc[0:0])
+            continue
+        if OBJECT_ID_COLUMN in frame.columns:  # content_version's order: a stable sort on the ID
+            rows = rows[frame[OBJECT_ID_COLUMN].iloc[rows].reset_index(drop=True).sort_values(kind="stable").index]
+        versions[key] = hashlib.sha256(columns + row_hashes[rows].tobytes()).hexdigest()[:16]
+    return versions
 
 
 def _split_by_week(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> dict[str, pd.DataFrame]:
@@ -224,10 +248,9 @@ def raw_observations(context: dg.AssetExecutionContext):
         yield from week_check_events(context, checks, materialized=False)
         raise
     schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in batch.rows.dtypes.items()])
-    versions = {}
+    versions = week_content_versions(batch.rows, batch.weeks, keys)
     for key, part in per_week.items():
-        versions[key] = content_version(part)
-        metadata = _week_metadata(part, LABEL_COLUMN, source.describe())
+        metadata = _week_metadata(part, LABEL_COLUMN, source.describe(), versions[key])
         metadata.update(_change_metadata(changes[key], versions[key]))
         metadata["dagster/column_schema"] = schema
         context.add_asset_metadata(metadata, partition_key=key)
@@ -377,8 +400,9 @@ def observation_features(context: dg.AssetExecutionContext, raw_observations: pd
     # Count every dropped row against its week, by reason: nothing disappears silently.
     dropped = pd.DataFrame({"week": _week_table(raw_observations), "reason": report.row_reasons}).dropna()
     dropped_by_week = {week: group["reason"].value_counts().to_dict() for week, group in dropped.groupby("week")}
+    versions = week_content_versions(table, table["week"], keys)
     for key, part in per_week.items():
-        metadata = _week_metadata(part, "label", "raw_observations")
+        metadata = _week_metadata(part, "label", "raw_observations", versions[key])
         metadata["dagster/column_schema"] = schema
         metadata["features"] = ", ".join(FEATURE_NAMES)
         week_dropped = {str(k): int(v) for k, v in dropped_by_week.get(key, {}).items()}
