@@ -230,7 +230,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, b
                  observation_features: pd.DataFrame):
     keys = list(context.partition_keys)
     run = _DriftRun.start(context)
-    weeks = _WeekData(observation_features, batch_predictions, context.resources.io_manager)
+    weeks = _WeekData(keys, observation_features, batch_predictions, context.resources.io_manager)
     records = ChampionRecords(context.resources.predictions_db, keys[-1])
     reports: dict[str, dict] = {}
     for week in keys:
@@ -278,7 +278,8 @@ class _DriftRun:
 class _WeekData:
     """The run's inputs, by week: features of the trailing windows, the predictions, raw rows received."""
 
-    def __init__(self, features: pd.DataFrame, predictions: pd.DataFrame, store):
+    def __init__(self, keys: list[str], features: pd.DataFrame, predictions: pd.DataFrame, store):
+        self.keys = set(keys)  # the weeks of the batch_predictions input (an empty week has no rows in it)
         self.features = features if len(features) else pd.DataFrame(columns=["week", *FEATURE_NAMES])
         self.predictions = predictions if len(predictions) else pd.DataFrame(
             columns=["object_id", "week", "model_version", "predicted_class"])
@@ -311,7 +312,7 @@ class _WeekData:
     def stored_predictions(self, window: list[str], version, current: pd.DataFrame) -> list[str] | None:
         """The classes batch_predictions stored for `current` (the window's rows, in order) when this run's
         input holds every one of them from `version`; None otherwise (the caller predicts them)."""
-        if any(week not in self.versions for week in window):
+        if not self.keys.issuperset(window):
             return None
         stored = self.predictions.loc[self.predictions["week"].isin(window)]
         if len(stored) != len(current) or set(stored["model_version"].astype(str)) != {str(version.version)}:
