@@ -103,6 +103,14 @@ class ReplayPlan:
         return self.initial_week is None
 
 
+def decision_line(week: str, flags: str | None, decision: str, version: str | None, summary: str,
+                  width: int = 110) -> str:
+    """The replay's one line for a retraining: the week, why, the decision and its reason, once.
+    A champion_model summary already starts with the decision ("promoted v7: ...", "retained v3, ...")."""
+    head = f"{decision} v{version}" if version else decision
+    said = summary if summary.startswith(decision) else (f"{head}: {summary}" if summary else head)
+    return f"{week}  retrained ({flags or 'requested'}): {said[:len(head) + 2 + width]}"
+
 def _weeks(first: str, last: str) -> list[str]:
     return [w.key for w in Week.range(first, last)]
 
@@ -298,9 +306,8 @@ class _Replayer:
         summary = champion.get("summary") or (failure_text(result) if not result.success else "")
         self.log.retrainings[week] = {"run_id": result.run_id, "decision": decision,
                                       "reason": request.tags.get(REASON_TAG), "summary": summary}
-        version = f" v{champion['champion_version']}" if decision == "promoted" and champion.get("champion_version") else ""
-        self.note(f"{week}  retrained ({request.tags.get(FLAGS_TAG) or 'requested'}): {decision}{version}"
-                  + (f": {summary[:110]}" if summary else ""))
+        version = champion.get("champion_version") if decision == "promoted" else None
+        self.note(decision_line(week, request.tags.get(FLAGS_TAG), decision, version, summary))
         return decision
 
     def replay(self, start: str) -> None:
