@@ -69,14 +69,39 @@ def compare_week(week: str, stored: pd.DataFrame | None, new: pd.DataFrame) -> W
                       changed=changed, rounded_ids=_rounded_replacements(stored, new, old_ids - new_ids))
 
 
+EMPTY_VERSION = "empty"
+
+
 def content_version(frame: pd.DataFrame) -> str:
     """A short hash of the rows, independent of their order."""
     if frame.empty:
-        return "empty"
+        return EMPTY_VERSION
     ordered = frame.sort_values(OBJECT_ID_COLUMN, kind="stable") if OBJECT_ID_COLUMN in frame.columns else frame
-    hashed = pd.util.hash_pandas_object(_by_value(ordered), index=False).to_numpy()
-    columns = ",".join(map(str, frame.columns)).encode()
-    return hashlib.sha256(columns + hashed.tobytes()).hexdigest()[:16]
+    return _version_of(frame.columns, pd.util.hash_pandas_object(_by_value(ordered), index=False).to_numpy())
+
+
+def content_versions_by_week(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> dict[str, str]:
+    """content_version of each week's rows of `frame` (`weeks`: each row's week), the same strings as
+    calling it on each week's part: the batch's row hashes are computed once (a call per week costs
+    milliseconds, seconds over the survey), then each week hashes its rows' in its own ID order."""
+    if frame.empty:
+        return {key: EMPTY_VERSION for key in keys}
+    row_hashes = pd.util.hash_pandas_object(_by_value(frame), index=False).to_numpy()
+    positions = pd.Series(np.arange(len(frame))).groupby(np.asarray(weeks), sort=False).indices
+    versions = {}
+    for key in keys:
+        rows = positions.get(key)
+        if rows is None:
+            versions[key] = EMPTY_VERSION
+            continue
+        if OBJECT_ID_COLUMN in frame.columns:  # content_version's order: a stable sort on the ID
+            rows = rows[frame[OBJECT_ID_COLUMN].iloc[rows].reset_index(drop=True).sort_values(kind="stable").index]
+        versions[key] = _version_of(frame.columns, row_hashes[rows])
+    return versions
+
+
+def _version_of(columns, row_hashes: np.ndarray) -> str:
+    return hashlib.sha256(",".join(map(str, columns)).encode() + row_hashes.tobytes()).hexdigest()[:16]
 
 
 def _row_hashes(stored: pd.DataFrame, new: pd.DataFrame) -> tuple[dict, dict]:

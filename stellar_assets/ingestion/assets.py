@@ -10,7 +10,6 @@ that was good before keeps its data.
 import hashlib
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from stellar_core.contract import (
@@ -33,8 +32,7 @@ from stellar_core.quality import (
     validate_observations,
 )
 from stellar_core.sources import SourceError
-from stellar_core.week_changes import WeekChange, compare_week, content_version
-from stellar_core.week_changes import _by_value as by_value  # the per-row values content_version hashes
+from stellar_core.week_changes import WeekChange, compare_week, content_versions_by_week
 from stellar_core.weeks import week_keys_for_mjds
 from stellar_assets.checks import WeekCheck, percent, week_check_events, weekly_check_spec
 from stellar_assets.partitions import observation_weeks, survey_span
@@ -180,27 +178,6 @@ def _week_metadata(frame: pd.DataFrame, label_column: str, source: str, version:
     return metadata
 
 
-def week_content_versions(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> dict[str, str]:
-    """content_version of each week's rows of `frame`, the same strings as calling it on each week's
-    part: the row hashes of the whole batch are computed once (a call per week costs milliseconds,
-    a few seconds over the survey), then each week hashes its rows' hashes in its own ID order."""
-    if frame.empty:
-        return {key: content_version(frame) for key in keys}
-    row_hashes = pd.util.hash_pandas_object(by_value(frame), index=False).to_numpy()
-    columns = ",".join(map(str, frame.columns)).encode()
-    positions = pd.Series(np.arange(len(frame))).groupby(weeks.to_numpy(), sort=False).indices
-    versions = {}
-    for key in keys:
-        rows = positions.get(key)
-        if rows is None:
-            versions[key] = content_version(frame.iloc[0:0])
-            continue
-        if OBJECT_ID_COLUMN in frame.columns:  # content_version's order: a stable sort on the ID
-            rows = rows[frame[OBJECT_ID_COLUMN].iloc[rows].reset_index(drop=True).sort_values(kind="stable").index]
-        versions[key] = hashlib.sha256(columns + row_hashes[rows].tobytes()).hexdigest()[:16]
-    return versions
-
-
 def _split_by_week(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> dict[str, pd.DataFrame]:
     groups = {key: group for key, group in frame.groupby(weeks.to_numpy(), sort=False)} if len(frame) else {}
     empty = frame.iloc[0:0]
@@ -248,7 +225,7 @@ def raw_observations(context: dg.AssetExecutionContext):
         yield from week_check_events(context, checks, materialized=False)
         raise
     schema = dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in batch.rows.dtypes.items()])
-    versions = week_content_versions(batch.rows, batch.weeks, keys)
+    versions = content_versions_by_week(batch.rows, batch.weeks, keys)
     for key, part in per_week.items():
         metadata = _week_metadata(part, LABEL_COLUMN, source.describe(), versions[key])
         metadata.update(_change_metadata(changes[key], versions[key]))
@@ -400,7 +377,7 @@ def observation_features(context: dg.AssetExecutionContext, raw_observations: pd
     # Count every dropped row against its week, by reason: nothing disappears silently.
     dropped = pd.DataFrame({"week": _week_table(raw_observations), "reason": report.row_reasons}).dropna()
     dropped_by_week = {week: group["reason"].value_counts().to_dict() for week, group in dropped.groupby("week")}
-    versions = week_content_versions(table, table["week"], keys)
+    versions = content_versions_by_week(table, table["week"], keys)
     for key, part in per_week.items():
         metadata = _week_metadata(part, "label", "raw_observations", versions[key])
         metadata["dagster/column_schema"] = schema

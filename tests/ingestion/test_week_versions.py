@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stellar_assets.ingestion.assets import _split_by_week, _week_table, week_content_versions
-from stellar_core.week_changes import content_version
+from stellar_assets.ingestion.assets import _split_by_week, _week_table
+from stellar_core.week_changes import content_version, content_versions_by_week
 
 
 def test_batch_versions_are_each_weeks_content_version(sdss_sample):
@@ -18,7 +18,7 @@ def test_batch_versions_are_each_weeks_content_version(sdss_sample):
     keys = [*sorted(set(weeks)), "2000-03-19"]  # and a week without rows
     parts = _split_by_week(batch, weeks, keys)
 
-    versions = week_content_versions(batch, weeks, keys)
+    versions = content_versions_by_week(batch, weeks, keys)
 
     assert len(set(weeks)) > 5
     assert versions == {key: content_version(parts[key]) for key in keys}
@@ -27,4 +27,4 @@ def test_batch_versions_are_each_weeks_content_version(sdss_sample):
 
 def test_an_empty_batch_gives_every_week_the_empty_version(sdss_sample):
     empty = sdss_sample.iloc[0:0]
-    assert week_content_versions(empty, pd.Series([], dtype=str), ["2012-10-07"]) == {"2012-10-07": "empty"}
+    assert content_versions_by_week(empty, pd.Series([], dtype=str), ["2012-10-07"]) == {"2012-10-07": "empty"}
