@@ -348,6 +348,30 @@ def _class_vector(values, name: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def _class_vectors(labels, champion_predicted, challenger_predicted) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and both models' predictions as class-index vectors over the same, non-empty rows."""
+    labels = _class_vector(labels, "labels")
+    champion = _class_vector(champion_predicted, "champion_predicted")
+    challenger = _class_vector(challenger_predicted, "challenger_predicted")
+    if not len(labels) == len(champion) == len(challenger):
+        raise PromotionInputError(f"{len(labels)} labels, champion scored on {len(champion)} rows, challenger "
+                                  f"on {len(challenger)}: not the same rows")
+    if len(labels) == 0:
+        raise PromotionInputError("no rows to compare champion and challenger on")
+    return labels, champion, challenger
+
+
+def _check_resampled_metric(metric: str) -> None:
+    if metric not in (MACRO_F1, BALANCED_ACCURACY):
+        raise PromotionInputError(f"the paired resampling tests score {MACRO_F1} or {BALANCED_ACCURACY}, "
+                                  f"got {metric!r}")
+
+
+def _check_resamples(resamples: int) -> None:
+    if resamples < 100:
+        raise PromotionInputError(f"resamples must be >= 100 for a usable test and interval, got {resamples}")
+
+
 @dataclass(frozen=True)
 class _Rows:
     """Per-row indicators [rows, classes] of the evaluation rows, over the classes in the labels."""
@@ -357,24 +381,21 @@ class _Rows:
     challenger_guess: np.ndarray
 
     @classmethod
-    def of(cls, metric: str, labels, champion_predicted, challenger_predicted) -> "_Rows":
-        if metric not in (MACRO_F1, BALANCED_ACCURACY):
-            raise PromotionInputError(f"the paired resampling tests score {MACRO_F1} or {BALANCED_ACCURACY}, "
-                                      f"got {metric!r}")
-        labels = _class_vector(labels, "labels")
-        champion = _class_vector(champion_predicted, "champion_predicted")
-        challenger = _class_vector(challenger_predicted, "challenger_predicted")
-        if not len(labels) == len(champion) == len(challenger):
-            raise PromotionInputError(f"{len(labels)} labels, champion scored on {len(champion)} rows, challenger "
-                                      f"on {len(challenger)}: not the same rows")
-        if len(labels) == 0:
-            raise PromotionInputError("no rows to compare champion and challenger on")
+    def of(cls, labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray) -> "_Rows":
+        """From vectors already checked by `_class_vectors`."""
         classes = np.unique(labels)[None, :]
         return cls(*((values[:, None] == classes).astype(np.float64) for values in (labels, champion, challenger)))
 
     @property
     def rows(self) -> int:
         return len(self.actual)
+
+
+def _checked_rows(metric: str, labels, champion_predicted, challenger_predicted, resamples: int) -> _Rows:
+    """The public resampling tests' inputs, checked, as indicator rows."""
+    _check_resampled_metric(metric)
+    _check_resamples(resamples)
+    return _Rows.of(*_class_vectors(labels, champion_predicted, challenger_predicted))
 
 
 def _score(metric: str, hits: np.ndarray, actual: np.ndarray, guessed: np.ndarray) -> np.ndarray:
@@ -392,11 +413,6 @@ def _draws(resamples: int, rows: int) -> Iterator[int]:
         yield min(chunk, resamples - start)
 
 
-def _check_resamples(resamples: int) -> None:
-    if resamples < 100:
-        raise PromotionInputError(f"resamples must be >= 100 for a usable test and interval, got {resamples}")
-
-
 def paired_bootstrap(metric: str, labels, champion_predicted, challenger_predicted, *,
                      resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> tuple[float, float, np.ndarray]:
     """(champion's metric, challenger's metric, challenger minus champion on each resample).
@@ -404,8 +420,12 @@ def paired_bootstrap(metric: str, labels, champion_predicted, challenger_predict
     Each resample draws the evaluation rows with replacement, the same rows for both
     models (that is what makes it paired); seeded, so a decision can be replayed.
     """
-    _check_resamples(resamples)
-    rows = _Rows.of(metric, labels, champion_predicted, challenger_predicted)
+    return _bootstrap(metric, _checked_rows(metric, labels, champion_predicted, challenger_predicted, resamples),
+                      resamples, seed)
+
+
+def _bootstrap(metric: str, rows: _Rows, resamples: int, seed: int) -> tuple[float, float, np.ndarray]:
+    """`paired_bootstrap` on checked rows."""
 
     def scores(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         actual = weights @ rows.actual
@@ -436,8 +456,12 @@ def randomization_p(metric: str, labels, champion_predicted, challenger_predicte
     300 rows it promoted 4.4-8.5% at alpha 0.05 (benchmarks/promotion_gate.py (e)).
     Identical predictions give p = 1.
     """
-    _check_resamples(resamples)
-    rows = _Rows.of(metric, labels, champion_predicted, challenger_predicted)
+    return _randomization_p(metric, _checked_rows(metric, labels, champion_predicted, challenger_predicted,
+                                                  resamples), resamples, seed)
+
+
+def _randomization_p(metric: str, rows: _Rows, resamples: int, seed: int) -> float:
+    """`randomization_p` on checked rows."""
     champion_hits, challenger_hits = rows.actual * rows.champion_guess, rows.actual * rows.challenger_guess
     actual = rows.actual.sum(axis=0)[None, :]
 
@@ -470,19 +494,21 @@ def decide_promotion_on(metric: str, labels, champion_predicted, challenger_pred
     """
     if metric not in GATE_METRICS:
         raise PromotionInputError(f"unknown gate metric {metric!r}; the gate decides on one of {list(GATE_METRICS)}")
-    labels = _class_vector(labels, "labels")
-    champion = _class_vector(champion_predicted, "champion_predicted")
-    challenger = _class_vector(challenger_predicted, "challenger_predicted")
+    # Lengths are checked before comparing with the labels: numpy would broadcast a one-row vector silently.
+    labels, champion, challenger = _class_vectors(labels, champion_predicted, challenger_predicted)
     if metric == ACCURACY:
         return decide_promotion(champion == labels, challenger == labels, degradation_retrain=degradation_retrain,
                                 alpha=alpha, margin=margin, confidence=confidence)
     _check_rule_inputs(alpha, margin)
     if not 0 < confidence < 1:
         raise PromotionInputError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    _check_resamples(resamples)
     table = paired_table(champion == labels, challenger == labels)
-    champion_value, challenger_value, differences = paired_bootstrap(
-        metric, labels, champion, challenger, resamples=resamples, seed=seed)
-    p_value = randomization_p(metric, labels, champion, challenger, resamples=resamples, seed=seed)
+    # One set of indicator rows for both tests; each draws from its own generator seeded with `seed`,
+    # so the figures are those of calling paired_bootstrap and randomization_p directly.
+    rows = _Rows.of(labels, champion, challenger)
+    champion_value, challenger_value, differences = _bootstrap(metric, rows, resamples, seed)
+    p_value = _randomization_p(metric, rows, resamples, seed)
     tail = (1 - confidence) / 2
     interval = (float(np.quantile(differences, tail)), float(np.quantile(differences, 1 - tail)))
     difference = challenger_value - champion_value

@@ -312,6 +312,24 @@ def test_a_bootstrap_decision_is_reproducible_and_its_metadata_names_the_test():
     assert "paired randomization test of macro_f1 (2000 rearrangements, seed 4)" in first.summary
 
 
+@pytest.mark.parametrize("metric", BOOTSTRAP_METRICS)
+def test_a_bootstrap_decision_carries_the_figures_of_the_two_tests_called_directly(metric):
+    rng = np.random.default_rng(13)
+    labels = _labels(rng, 500)
+    champion, challenger = _noisy(rng, labels, 0.05), _noisy(rng, labels, 0.045)  # close: p depends on the seed
+    decision = decide_promotion_on(metric, labels, champion, challenger, resamples=600, seed=21,
+                                   confidence=0.9)
+    champion_value, challenger_value, differences = paired_bootstrap(metric, labels, champion, challenger,
+                                                                     resamples=600, seed=21)
+    assert (decision.champion_value, decision.challenger_value) == (champion_value, challenger_value)
+    tail = (1 - 0.9) / 2  # the percentile interval's tails, as the gate computes them
+    assert decision.interval == (float(np.quantile(differences, tail)), float(np.quantile(differences, 1 - tail)))
+    assert decision.p_value == randomization_p(metric, labels, champion, challenger, resamples=600, seed=21)
+    # Another seed gives other figures: the seed reaches both tests.
+    other = decide_promotion_on(metric, labels, champion, challenger, resamples=600, seed=22, confidence=0.9)
+    assert other.interval != decision.interval and other.p_value != decision.p_value
+
+
 def test_randomization_p_of_a_single_discordant_row_is_its_exact_permutation_probability():
     # One row the challenger got right and the champion wrong: a rearrangement keeps the lead with
     # probability 1/2 (the row not swapped), so p is about 1/2 and never significant.
@@ -335,6 +353,9 @@ def test_accuracy_through_decide_promotion_on_is_the_mcnemar_decision():
 @pytest.mark.parametrize("call, words", [
     (lambda: decide_promotion_on("f2", [0], [0], [0]), "unknown gate metric 'f2'"),
     (lambda: decide_promotion_on(MACRO_F1, [0, 1], [0], [0, 1]), "2 labels, champion scored on 1 rows"),
+    # Checked before comparing with the labels: numpy broadcast a one-row vector against two labels.
+    (lambda: decide_promotion_on(ACCURACY, [0, 1], [0], [0, 1]), "2 labels, champion scored on 1 rows"),
+    (lambda: decide_promotion_on(MACRO_F1, [0, 1], [0, 1, 1], [0, 1]), "2 labels, champion scored on 3 rows"),
     (lambda: decide_promotion_on(MACRO_F1, [0, 1], [0, -1], [0, 1]), "class indices"),
     (lambda: decide_promotion_on(MACRO_F1, [0.5, 1], [0, 1], [0, 1]), "class indices"),
     (lambda: decide_promotion_on(MACRO_F1, [], [], []), "no rows"),
