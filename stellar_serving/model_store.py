@@ -28,6 +28,9 @@
   is still the one served and still waiting for it (a late compile never
   replaces a newer model). `predictor` and `predictor_note` say which one
   answers and why.
+- `add_listener` callbacks hear of every swap, in order, off the request
+  path: the health status, and the servicer's C TreeSHAP build of the newest
+  version (servicers.Explainer.prepare), start from them.
 """
 
 from __future__ import annotations
@@ -125,6 +128,11 @@ class LoadedModel:
     def contract(self) -> dict:
         return self.bundle.contract
 
+    @property
+    def compiling(self) -> bool:
+        """Whether the compile thread is still building this version's compiled predictor."""
+        return self.predictor_note == COMPILING_NOTE
+
     def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] raw inputs -> float32 [n, 3]: derive_feature_matrix, then the booster."""
         rows = len(inputs)
@@ -169,6 +177,9 @@ class ModelStore:
         return self._current
 
     def add_listener(self, listener: Callable[[LoadedModel], None]) -> None:
+        """Call `listener(model)` at every swap: a new version, and each copy of one (its source
+        confirmed, its compiled predictor settled). Called in swap order, under the swap lock and
+        never on a request thread: a listener must be quick (start work elsewhere) and not raise."""
         self._listeners.append(listener)
 
     # -- lifecycle ------------------------------------------------------------

@@ -4,7 +4,8 @@ Per request: read `store.current` ONCE (one immutable LoadedModel), pack the
 request straight into float32 [n, 6] (no pandas), derive the 13 features with
 stellar_core.features.derive_feature_matrix, call the booster's
 inplace_predict, answer with that model's version. Explain asks the same
-model's booster for its TreeSHAP contributions (`pred_contribs`).
+model's TreeSHAP contributions: C TreeSHAP, built in the background as each
+version is swapped in, else XGBoost's `pred_contribs` (see Explainer).
 
 Invalid input ends the call with INVALID_ARGUMENT: a readable message, and a
 google.rpc.BadRequest detail listing the field violations (stellar_api.status_details).
@@ -103,6 +104,8 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
                  batcher: MicroBatcher) -> None:
         super().__init__(store, config, metrics, batcher)
         self.explainer = Explainer(config.compiled_compiler if config.explainer == "auto" else None)
+        # Each version's C TreeSHAP is built as it is swapped in, off the request path.
+        store.add_listener(self.explainer.prepare)
 
     # -- classification -----------------------------------------------------------
     def _inputs(self, objects, what: str, context, field: str = OBJECTS_FIELD,
@@ -212,22 +215,28 @@ def _batch_response(objects, proba: np.ndarray, model: LoadedModel, max_client_i
 class Explainer:
     """TreeSHAP contributions of a model: C TreeSHAP (treeshap.py) once ready, else XGBoost `pred_contribs`.
 
-    The C explainer of a model is built in a background thread the first time the
-    model is asked for an explanation (flat arrays, a compile, a check against
-    pred_contribs on probe rows: about 2 s for 400 rounds); XGBoost answers until
-    then, and for good if the build fails (`note` says why). Both are keyed by the
-    model's booster, which a request reads once with its model: contributions
-    always come from the version that answers, across hot swaps.
+    `prepare(model)` runs as each version is swapped in (a ModelStore listener):
+    the C explainer of the newest version is built in a background thread (flat
+    arrays, a compile, a check against pred_contribs on probe rows: about 2 s for
+    400 rounds), after that version's compiled predictor has settled so the two
+    compiles never share the cores. XGBoost answers until then, and for good if
+    the build fails (`describe` says why). One thread builds, one version at a
+    time; when it finishes it builds the newest version prepared meanwhile, so a
+    swap during a build never loses the newer build. Explainers are keyed by the
+    model's booster (a version's compiled-predictor copy shares it: built once),
+    which a request reads once with its model: contributions always come from the
+    version that answers, across hot swaps.
 
     XGBoost's small requests use a single-threaded copy of the booster, made once
-    per model (as LoadedModel's small predictions do): an OpenMP team for one row
-    costs more than it saves, and stalls on a busy machine. Larger ones use the
-    booster itself. Booster.predict is thread-safe; the copy is never changed
-    after it is made.
+    per booster (as LoadedModel's small predictions do) and shared with the build's
+    check: an OpenMP team for one row costs more than it saves, and stalls on a
+    busy machine. Larger ones use the booster itself. Booster.predict is
+    thread-safe; the copy is never changed after it is made.
     """
 
     C_TREESHAP, XGBOOST = "c_treeshap", "xgboost"
     OFF_NOTE = "STELLAR_EXPLAINER=xgboost: XGBoost pred_contribs explains"
+    PREPARING_NOTE = "C TreeSHAP is being prepared; XGBoost pred_contribs answers until it is ready"
 
     def __init__(self, compiler: str | None = "gcc") -> None:
         """`compiler`: the C compiler for C TreeSHAP; None: XGBoost explains every model."""
@@ -238,8 +247,30 @@ class Explainer:
         self._single: tuple[object, object] | None = None
         # (booster, its C explainer or None when it could not be built, why): the last one settled.
         self._c_treeshap: tuple[object, treeshap.TreeShap | None, str] | None = None
-        self._building: object | None = None  # the booster whose C explainer is being built
-        self.note = "no explanation asked yet"  # which explainer answers the last model asked, and why
+        self._wanted: tuple[object, str] | None = None  # (booster, version): the newest version to build
+        self._building: object | None = None  # the booster the build thread works on; None: no thread
+
+    def prepare(self, model: LoadedModel) -> None:
+        """Build `model`'s C explainer in the background unless it is built, under way or off.
+
+        Quick and never raises: it runs as the store swaps a version in. A version still
+        waiting for its compiled predictor waits: its settled copy is prepared in turn."""
+        if self._compiler is None:
+            return
+        booster = model.bundle.booster
+        with self._lock:
+            # Older versions are never built once a newer one is swapped in.
+            self._wanted = None if model.compiling else (booster, model.version)
+            if self._wanted is None or self._building is not None or self._settled(booster):
+                return  # a running build thread takes the newest wanted version when it ends
+            self._building = booster
+        try:
+            threading.Thread(target=self._build_newest, daemon=True, name="stellar-treeshap").start()
+        except RuntimeError as exc:  # no thread to be had: XGBoost explains, the next swap tries again
+            with self._lock:
+                self._building = None
+            log.warning("C TreeSHAP build not started for v%s: %s", model.version, exc,
+                        extra={"event": "treeshap_fallback", "model_version": model.version})
 
     def contributions(self, model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] inputs -> float32 [n, classes, features + 1]; the last column is the bias."""
@@ -250,64 +281,71 @@ class Explainer:
         return self._xgboost(model, features)
 
     def c_explainer(self, model: LoadedModel) -> treeshap.TreeShap | None:
-        """The model's checked C explainer; None while it is built (started here) or if it cannot be."""
-        booster = model.bundle.booster
+        """The model's checked C explainer; None until it is built, or if it cannot be."""
         with self._lock:
             settled = self._c_treeshap
-            if settled is not None and settled[0] is booster:
-                return settled[1]
-            if self._compiler is None:
-                self.note = self.OFF_NOTE
-                return None
-            if self._building is None:
-                self._building = booster
-                self.note = "C TreeSHAP is being prepared; XGBoost pred_contribs answers until it is ready"
-                threading.Thread(target=self._build, args=(booster, model.version), daemon=True,
-                                 name="stellar-treeshap").start()
-        return None
+            return settled[1] if self._settled(model.bundle.booster) else None
 
     def describe(self, model: LoadedModel) -> tuple[str, str]:
         """(which explainer answers `model`'s Explain calls now, why): for GetModelInfo."""
+        booster = model.bundle.booster
         with self._lock:
-            settled = self._c_treeshap
-            if settled is not None and settled[0] is model.bundle.booster:
+            settled, wanted = self._c_treeshap, self._wanted
+            if self._settled(booster):
                 return (self.C_TREESHAP if settled[1] is not None else self.XGBOOST), settled[2]
             if self._compiler is None:
                 return self.XGBOOST, self.OFF_NOTE
-            if self._building is model.bundle.booster:
-                return self.XGBOOST, "C TreeSHAP is being prepared; XGBoost pred_contribs answers until it is ready"
-            return self.XGBOOST, (f"C TreeSHAP for v{model.version} is prepared at its first Explain call; "
-                                  "XGBoost pred_contribs answers until it is ready")
+            if booster is self._building or (wanted is not None and wanted[0] is booster):
+                return self.XGBOOST, self.PREPARING_NOTE
+        if model.compiling:
+            return self.XGBOOST, (f"C TreeSHAP for v{model.version} is prepared once its compiled predictor "
+                                  "is ready; XGBoost pred_contribs answers until then")
+        return self.XGBOOST, (f"C TreeSHAP is prepared for the newest version only; XGBoost pred_contribs "
+                              f"explains v{model.version}")
 
-    def _build(self, booster, version: str) -> None:
+    def _settled(self, booster) -> bool:
+        """Whether `booster`'s build has settled (built or failed); under the lock."""
+        return self._c_treeshap is not None and self._c_treeshap[0] is booster
+
+    def _build_newest(self) -> None:
+        """The build thread: builds the newest wanted version until it has settled."""
+        while True:
+            with self._lock:
+                wanted = self._wanted
+                if wanted is None or self._settled(wanted[0]):
+                    self._building = None
+                    return
+                self._building = wanted[0]
+            settled = self._build(*wanted)
+            with self._lock:
+                self._c_treeshap = settled
+
+    def _build(self, booster, version: str) -> tuple[object, treeshap.TreeShap | None, str]:
         try:
-            single = booster.copy()  # one thread: the check's pred_contribs must not take the request threads' cores
-            single.set_param({"nthread": 1})
-            explain = treeshap.build(single, treeshap.probe_features(), self._compiler)
+            # One thread: the check's pred_contribs must not take the request threads' cores.
+            explain = treeshap.build(self._single_threaded(booster), treeshap.probe_features(), self._compiler)
             note = (f"C TreeSHAP (within {treeshap.PROBE_TOLERANCE:g} of XGBoost pred_contribs on probe rows) "
                     f"explains v{version}")
+            log.info("C TreeSHAP explains v%s", version, extra={"event": "treeshap_ready", "model_version": version})
         except Exception as exc:  # the build's own failures are ExplainerUnavailable; anything else falls back too
             explain, note = None, f"XGBoost pred_contribs explains v{version}: {exc}"
             log.warning("no C TreeSHAP for v%s, XGBoost explains: %s", version, exc,
                         extra={"event": "treeshap_fallback", "model_version": version})
-        with self._lock:
-            self._c_treeshap, self._building, self.note = (booster, explain, note), None, note
-        if explain is not None:
-            log.info("C TreeSHAP explains v%s", version, extra={"event": "treeshap_ready", "model_version": version})
+        return booster, explain, note
 
     def _xgboost(self, model: LoadedModel, features: np.ndarray) -> np.ndarray:
         import xgboost as xgb
 
         booster = model.bundle.booster
         if len(features) < model.parallel_batch_min:
-            booster = self._single_threaded(model)
+            booster = self._single_threaded(booster)
         matrix = xgb.DMatrix(features, feature_names=booster.feature_names, nthread=1)
         out = booster.predict(matrix, pred_contribs=True, strict_shape=True)
         return np.asarray(out, dtype=np.float32).reshape(len(features), len(model.classes), len(FEATURE_NAMES) + 1)
 
-    def _single_threaded(self, model: LoadedModel):
+    def _single_threaded(self, booster):
+        """`booster`'s single-threaded copy, made once (the last booster asked keeps its copy)."""
         with self._lock:
-            booster = model.bundle.booster
             if self._single is None or self._single[0] is not booster:
                 single = booster.copy()
                 single.set_param({"nthread": 1})

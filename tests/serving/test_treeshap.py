@@ -107,7 +107,7 @@ def test_a_compiler_that_does_not_exist_is_reported(registry, tmp_path):
 
 def _settle(explainer: Explainer, model) -> treeshap.TreeShap | None:
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    while explainer.c_explainer(model) is None and "being prepared" in explainer.note:
+    while explainer.describe(model)[1] == Explainer.PREPARING_NOTE:
         assert time.monotonic() < deadline, "the C TreeSHAP build never settled"
         time.sleep(0.05)
     return explainer.c_explainer(model)
@@ -116,24 +116,29 @@ def _settle(explainer: Explainer, model) -> treeshap.TreeShap | None:
 class _Model:
     """What Explainer reads of a LoadedModel."""
 
-    def __init__(self, bundle, version: str) -> None:
+    def __init__(self, bundle, version: str, compiling: bool = False) -> None:
         self.bundle, self.version, self.classes, self.parallel_batch_min = bundle, version, CLASSES, 256
+        self.compiling = compiling  # still waiting for its compiled predictor
 
 
 def test_explainer_uses_c_treeshap_once_ready(registry, sample_inputs):
     explainer = Explainer()
     model = _Model(registry.bundles["1"], "1")
     inputs = sample_inputs[:7]
-    first = explainer.contributions(model, inputs)  # starts the build; XGBoost answers this one
+    assert explainer.c_explainer(model) is None  # nothing prepared: XGBoost answers
+    first = explainer.contributions(model, inputs)
+    explainer.prepare(model)  # as the store swaps v1 in
     explain = _settle(explainer, model)
-    assert explain is not None, explainer.note
-    assert "C TreeSHAP" in explainer.note and "v1" in explainer.note
+    assert explain is not None, explainer.describe(model)
+    assert explainer.describe(model) == (Explainer.C_TREESHAP, "C TreeSHAP (within 1e-05 of XGBoost pred_contribs "
+                                                              "on probe rows) explains v1")
     got = explainer.contributions(model, inputs)
     np.testing.assert_array_equal(got, explain(derive_feature_matrix(inputs)).astype(np.float32))
     assert np.abs(got.astype(np.float64) - first).max() <= TOLERANCE
     # Another version: its own explainer, never the previous one's.
     other = _Model(registry.bundles["2"], "2")
     assert explainer.c_explainer(other) is None
+    explainer.prepare(other)
     explain_other = _settle(explainer, other)
     assert explain_other is not None and explain_other is not explain
     assert np.abs(explainer.contributions(other, inputs) - _xgboost(registry.bundles["2"].booster,
@@ -144,9 +149,11 @@ def test_explainer_falls_back_to_xgboost_when_compiling_fails(registry, sample_i
     explainer = Explainer(compiler=str(tmp_path / "no-such-cc"))
     model = _Model(registry.bundles["1"], "1")
     inputs = sample_inputs[:64]
-    explainer.contributions(model, inputs)
+    explainer.prepare(model)
     assert _settle(explainer, model) is None
-    assert "XGBoost pred_contribs explains v1" in explainer.note and "no C compiler" in explainer.note
+    which, note = explainer.describe(model)
+    assert which == Explainer.XGBOOST
+    assert "XGBoost pred_contribs explains v1" in note and "no C compiler" in note
     got = explainer.contributions(model, inputs)
     want = treeshap.xgboost_contributions(registry.bundles["1"].booster, derive_feature_matrix(inputs))
     np.testing.assert_array_equal(got, want.astype(np.float32))  # XGBoost's own answer, bit for bit
@@ -156,8 +163,9 @@ def test_explainer_without_a_compiler_setting_explains_with_xgboost_and_says_why
     explainer = Explainer(compiler=None)  # STELLAR_EXPLAINER=xgboost
     model = _Model(registry.bundles["1"], "1")
     inputs = sample_inputs[:7]
+    explainer.prepare(model)
     got = explainer.contributions(model, inputs)
-    assert explainer.c_explainer(model) is None and "being prepared" not in explainer.note
+    assert explainer.c_explainer(model) is None
     assert explainer.describe(model) == (Explainer.XGBOOST, Explainer.OFF_NOTE)
     want = treeshap.xgboost_contributions(registry.bundles["1"].booster, derive_feature_matrix(inputs))
     np.testing.assert_array_equal(got, want.astype(np.float32))
@@ -179,8 +187,11 @@ def test_the_server_explains_with_c_treeshap_from_the_version_that_answers(make_
                 registry.set_champion("2")
                 assert client.reload_model().version == "2"
             before = client.model_info()  # GetModelInfo names the explainer of the version it serves
-            assert (before.version, before.explainer) == (version, "xgboost")
-            assert f"C TreeSHAP for v{version} is prepared at its first Explain call" in before.explainer_note
+            assert before.version == version
+            # Built in the background since the version was swapped in: under way or ready.
+            assert (before.explainer, before.explainer_note) in {
+                ("xgboost", Explainer.PREPARING_NOTE),
+                ("c_treeshap", f"C TreeSHAP (within 1e-05 of XGBoost pred_contribs on probe rows) explains v{version}")}
             c_answer = treeshap.TreeShap(registry.bundles[version].booster)(features).astype(np.float32)
             xgb_answer = _xgboost(registry.bundles[version].booster, features).astype(np.float32)
             assert not np.array_equal(c_answer, xgb_answer)  # the two are told apart by their last bits
