@@ -137,6 +137,14 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
+def _check_feature_columns(features: Sequence[str], **columns_of_rows: Iterable[str]) -> None:
+    """Raise naming, for each kind of rows (keyword: its columns), the feature columns it lacks."""
+    gaps = [f"{rows} rows: {missing}" for rows, columns in columns_of_rows.items()
+            if (missing := [f for f in features if f not in columns])]
+    if gaps:
+        raise DriftInputError("feature columns missing from " + "; from ".join(gaps))
+
+
 # scipy's ks_2samp without its per-call argument handling (axis, NaN policy, array-API dispatch), which costs
 # three times the test itself on a week's rows; the samples given are already clean 1-D float arrays.
 _KS_2SAMP = inspect.unwrap(stats.ks_2samp)
@@ -154,9 +162,7 @@ class ReferenceSample:
 
     @classmethod
     def of(cls, reference: pd.DataFrame, features: Sequence[str]) -> "ReferenceSample":
-        missing = [f for f in features if f not in reference.columns]
-        if missing:
-            raise DriftInputError(f"feature columns missing from reference rows: {missing}")
+        _check_feature_columns(features, reference=reference.columns)
         clean = {name: _clean(reference[name]) for name in features}
         return cls({name: np.sort(values) for name, values in clean.items()},
                    {name: float(np.mean(values)) if len(values) else math.nan for name, values in clean.items()},
@@ -181,10 +187,10 @@ def wasserstein_sorted(reference_sorted: np.ndarray, current: np.ndarray) -> flo
 def feature_drift(reference: pd.DataFrame | ReferenceSample, current: pd.DataFrame, features: Sequence[str],
                   thresholds: DriftThresholds) -> list[dict]:
     """One row per feature: the test suited to the sample size, its statistic, threshold and verdict."""
-    missing = [f for f in features if f not in current.columns
-               or f not in (reference.sorted_values if isinstance(reference, ReferenceSample) else reference.columns)]
-    if missing:
-        raise DriftInputError(f"feature columns missing from reference or current rows: {missing}")
+    # Both sides at once, so one error names all that is missing; a prepared sample holds only its features.
+    _check_feature_columns(features, reference=(
+        reference.sorted_values if isinstance(reference, ReferenceSample) else reference.columns),
+        current=current.columns)
     sample = reference if isinstance(reference, ReferenceSample) else ReferenceSample.of(reference, features)
     alpha = thresholds.ks_alpha / max(1, len(features))
     return [_one_feature(name, sample, _clean(current[name]), alpha, thresholds) for name in features]

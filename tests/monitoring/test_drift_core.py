@@ -186,3 +186,18 @@ def test_a_prepared_reference_names_missing_feature_columns():
 
     with pytest.raises(DriftInputError, match=r"missing from reference rows: \['z'\]"):
         ReferenceSample.of(_normal(50), ["x", "z"])
+
+
+def test_feature_drift_names_which_rows_lack_which_feature_columns():
+    from stellar_core.drift import ReferenceSample
+
+    both = _normal(50).assign(y=1.0)
+    with pytest.raises(DriftInputError, match=r"^feature columns missing from current rows: \['y'\]$"):
+        feature_drift(both, _normal(50), ["x", "y"], T)
+    with pytest.raises(DriftInputError, match=r"^feature columns missing from reference rows: \['y'\]$"):
+        feature_drift(_normal(50), both, ["x", "y"], T)
+    # A sample prepared for other features lacks this one, though its DataFrame had it.
+    with pytest.raises(DriftInputError, match=r"^feature columns missing from reference rows: \['y'\]$"):
+        feature_drift(ReferenceSample.of(both, ["x"]), both, ["x", "y"], T)
+    with pytest.raises(DriftInputError, match=r"missing from reference rows: \['y'\]; from current rows: \['z'\]"):
+        feature_drift(_normal(50).assign(z=1.0), both, ["x", "y", "z"], T)
