@@ -39,8 +39,11 @@ from stellar_assets.partitions import observation_weeks, survey_span
 from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG, shrink_allowed
 from stellar_assets.resources.sources import ObservationSource, SourceBatch
 
-# Each Dagster check covers one family of expectations of the one GX suite.
-QUALITY_CHECKS: dict[str, tuple[str, ...]] = {
+# The one GX suite is one Dagster check a week (one validation, one verdict); its expectations
+# are grouped into the parts a reader names, and the check's metadata gives each part's verdict.
+# (Seven checks a week, one per part, cost 90 s of Dagster event writes over the whole survey.)
+QUALITY_CHECK = "quality_suite"
+QUALITY_PARTS: dict[str, tuple[str, ...]] = {
     "schema": ("expect_column_to_exist", "expect_column_values_to_be_in_type_list"),
     "class_labels": ("expect_column_values_to_be_in_set",),
     "magnitude_range": ("expect_column_values_to_be_between:mag",),
@@ -58,7 +61,7 @@ PLACEMENT_DESCRIPTION = ("Every row's MJD lies in a survey week. Rows that canno
                          "week: the verdict is the batch's, on every week it delivered) are counted and named here "
                          "(warning); a source where most rows cannot be placed is refused.")
 _MAGNITUDES = f"{', '.join(MAGNITUDE_BANDS)} lie in [{MAGNITUDE_RANGE[0]:g}, {MAGNITUDE_RANGE[1]:g}]"
-CHECK_DESCRIPTIONS = {
+PART_DESCRIPTIONS = {
     "schema": "All 18 SDSS17 columns are present and numeric where they must be.",
     "class_labels": "class is one of STAR, GALAXY, QSO.",
     "magnitude_range": f"{_MAGNITUDES} for at least {percent(RANGE_MOSTLY)} of measured rows, in the batch and in "
@@ -71,67 +74,83 @@ CHECK_DESCRIPTIONS = {
     "id_precision": "obj_ID and spec_obj_ID carry the precision the source format carries (not rounded by a "
     "spreadsheet), and each spec_obj_ID encodes its row's plate, fibre and MJD as SDSS packs them.",
 }
+QUALITY_DESCRIPTION = ("The great-expectations suite on the week's rows and on the batch, one verdict "
+                       "(metadata `parts`: each part's verdict). " +
+                       " ".join(f"{part}: {text}" for part, text in PART_DESCRIPTIONS.items()))
 BATCH_FAILURE_NOTE = ("failed on the whole batch, not on one week's rows (the batch is refused as a whole, "
                       "so every week of it carries the failure)")
 
 
-def _family(outcome) -> str:
-    if outcome.name == "expect_column_values_to_be_between":
-        return "expect_column_values_to_be_between:" + ("redshift" if outcome.column == "redshift" else "mag")
-    return outcome.name
+_PART_OF_FAMILY = {family: part for part, families in QUALITY_PARTS.items() for family in families}
+
+
+def _part(outcome: ExpectationOutcome) -> str:
+    family = outcome.name
+    if family == "expect_column_values_to_be_between":
+        family += ":" + ("redshift" if outcome.column == "redshift" else "mag")
+    return _PART_OF_FAMILY[family]
 
 
 def quality_week_checks(report: QualityReport, weeks: pd.Series, keys: list[str],
                         sentinel_rows: dict[str, int]) -> list[WeekCheck]:
-    """Each quality check's verdict on each week of the batch. A week fails on its own rows' failures,
-    and on a failure of the whole batch that no week's own failure of the same expectation explains
+    """The suite's verdict on each week of the batch. A week fails on its own rows' failures, and on
+    a failure of the whole batch that no week's own failure of the same expectation explains
     (duplicate IDs across weeks, a missing column)."""
     rows = weeks.value_counts().to_dict()
+    wanted = set(keys)
+    by_week: dict[str, list[ExpectationOutcome]] = {}
+    for outcome in report.outcomes:
+        if outcome.week in wanted and not outcome.success:
+            by_week.setdefault(outcome.week, []).append(outcome)
+    explained = {(o.name, o.column) for failed in by_week.values() for o in failed}
+    unexplained = [o for o in report.failures if o.week is None and (o.name, o.column) not in explained]
+    judged_batch = [o for o in report.outcomes if o.week is None]
+    judged_weeks: dict[str, list[ExpectationOutcome]] = {}
+    for outcome in report.outcomes:
+        if outcome.week in wanted:
+            judged_weeks.setdefault(outcome.week, []).append(outcome)
     checks = []
-    for check_name, families in QUALITY_CHECKS.items():
-        outcomes = [o for o in report.outcomes if _family(o) in families]
-        by_week: dict[str, list[ExpectationOutcome]] = {}
-        for outcome in outcomes:
-            if outcome.week in keys and not outcome.success:
-                by_week.setdefault(outcome.week, []).append(outcome)
-        explained = {(o.name, o.column) for failed in by_week.values() for o in failed}
-        unexplained = [o for o in outcomes if o.week is None and not o.success and (o.name, o.column) not in explained]
-        for week in keys:
-            failed = by_week.get(week, []) + unexplained
-            metadata = _quality_metadata(check_name, outcomes, failed, week, int(rows.get(week, 0)), report)
-            if check_name == "magnitude_range":
-                metadata["sentinel_rows"] = sentinel_rows.get(week, 0)  # dropped and counted by features
-            checks.append(WeekCheck(check_name, week, passed=not failed, metadata=metadata,
-                                    description=_quality_description(check_name, week, failed)))
+    for week in keys:
+        judged = judged_batch + judged_weeks.get(week, [])
+        failed = by_week.get(week, []) + unexplained
+        metadata = _quality_metadata(judged, failed, int(rows.get(week, 0)), report)
+        metadata["sentinel_rows"] = sentinel_rows.get(week, 0)  # dropped and counted by features
+        checks.append(WeekCheck(QUALITY_CHECK, week, passed=not failed, metadata=metadata,
+                                description=_quality_description(week, failed)))
     return checks
 
 
-def _quality_metadata(check_name: str, outcomes: list[ExpectationOutcome], failed: list[ExpectationOutcome],
-                      week: str, rows: int, report: QualityReport) -> dict:
+def _quality_metadata(judged: list[ExpectationOutcome], failed: list[ExpectationOutcome], rows: int,
+                      report: QualityReport) -> dict:
+    failed_parts = {part: sum(_part(o) == part for o in failed) for part in QUALITY_PARTS}
     metadata = {
         "rows": rows,
         "batch_rows": report.rows,
-        "expectations": len([o for o in outcomes if o.week in (None, week)]),
+        "expectations": len(judged),
         "failed_expectations": len(failed),
+        "failed_parts": ", ".join(part for part, n in failed_parts.items() if n) or "none",
+        "parts": dg.MetadataValue.json({part: f"failed ({n} expectation(s))" if n else "passed"
+                                        for part, n in failed_parts.items()}),
         "batch_verdict": "passed the quality suite" if report.success else
         f"refused: {len(report.failures)} failed expectation(s) in the batch; nothing was stored",
     }
     if failed:
         metadata["failures"] = dg.MetadataValue.md(_failures_markdown(failed))
         metadata["failure_details"] = dg.MetadataValue.json([o.as_dict() for o in failed])
-    flagged = [o for o in outcomes if o.success and o.unexpected_count and o.week in (None, week)]
+    flagged = [o for o in judged if o.success and o.unexpected_count]
     if flagged:  # tolerated (mostly=...) but worth seeing: e.g. one -9999 sentinel row
         metadata["tolerated"] = dg.MetadataValue.json([o.as_dict() for o in flagged])
     return metadata
 
 
-def _quality_description(check_name: str, week: str, failed: list[ExpectationOutcome]) -> str:
+def _quality_description(week: str, failed: list[ExpectationOutcome]) -> str:
     if not failed:
-        return CHECK_DESCRIPTIONS[check_name]
+        return f"All {len(QUALITY_PARTS)} parts of the quality suite passed: {', '.join(QUALITY_PARTS)}."
     first = failed[0]
     where = f"week {week}" if first.week else BATCH_FAILURE_NOTE
+    parts = ", ".join(dict.fromkeys(_part(o) for o in failed))
     more = f" (and {len(failed) - 1} more failed expectation(s))" if len(failed) > 1 else ""
-    return f"{first.name} on {first.column or 'the table'}, {where}: {first.explanation}{more}"
+    return f"{parts} failed. {first.name} on {first.column or 'the table'}, {where}: {first.explanation}{more}"
 
 
 def _sentinel_rows_by_week(frame: pd.DataFrame, weeks: pd.Series) -> dict[str, int]:
@@ -192,8 +211,7 @@ def _split_by_week(frame: pd.DataFrame, weeks: pd.Series, keys: list[str]) -> di
     # The stored weeks are read to compare with (io_manager); the source is configured as a resource.
     required_resource_keys={"io_manager", "source"},
     check_specs=[
-        *[weekly_check_spec("raw_observations", name, CHECK_DESCRIPTIONS[name], blocking=True)
-          for name in QUALITY_CHECKS],
+        weekly_check_spec("raw_observations", QUALITY_CHECK, QUALITY_DESCRIPTION, blocking=True),
         weekly_check_spec("raw_observations", PLACEMENT_CHECK, PLACEMENT_DESCRIPTION, blocking=False),
     ],
     description="SDSS spectra observed in the week, as received from the configured source. A week the "

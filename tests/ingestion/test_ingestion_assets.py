@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from stellar_assets.ingestion import INGESTION_ASSETS
-from stellar_assets.ingestion.assets import PLACEMENT_CHECK, QUALITY_CHECKS
+from stellar_assets.ingestion.assets import PLACEMENT_CHECK, QUALITY_CHECK
 from stellar_assets.partitions import observation_weeks
 from stellar_assets.resources.io_managers import LocalParquetIOManager, S3ParquetIOManager
 from stellar_assets.resources.sources import ObservationSource
@@ -73,7 +73,7 @@ def test_backfill_of_every_week_is_one_run(tmp_path, sdss_sample_path):
     busy = pd.read_parquet(tmp_path / "observation_features" / f"{BUSY_WEEK}.parquet")
     assert len(busy) == rows[BUSY_WEEK] > 0 and (busy["week"] == BUSY_WEEK).all()
     checks = check_evaluations(result)
-    assert all(c.passed for c in checks.values()) and set(checks) == {*QUALITY_CHECKS, PLACEMENT_CHECK}
+    assert all(c.passed for c in checks.values()) and set(checks) == {QUALITY_CHECK, PLACEMENT_CHECK}
 
 
 def test_empty_week_materializes_and_says_so(tmp_path):
@@ -106,10 +106,10 @@ def test_bad_batch_fails_its_check_and_keeps_the_good_partition(tmp_path, sdss_s
     result = run(bad, io, instance, BUSY_WEEK)
 
     assert not result.success
-    checks = check_evaluations(result)
-    assert not checks["unique_spec_obj_id"].passed
-    assert "shared by 2 rows" in checks["unique_spec_obj_id"].metadata["failures"].value
-    assert checks["schema"].passed
+    suite = check_evaluations(result)[QUALITY_CHECK]
+    assert not suite.passed and "unique_spec_obj_id" in suite.metadata["failed_parts"].value
+    assert "shared by 2 rows" in suite.metadata["failures"].value
+    assert suite.metadata["parts"].value["schema"] == "passed"
     assert "nothing was stored" in failure_message(result)
     assert stored.read_bytes() == before
     assert len(materializations(instance, RAW, BUSY_WEEK)) == 1
@@ -121,8 +121,9 @@ def test_excel_rounded_export_is_stopped_by_the_uniqueness_check(tmp_path, excel
     source = ObservationSource(kind="sdss_csv", csv_path=str(excel_rounded_path))
     result = run(source, LocalParquetIOManager(base_dir=str(tmp_path)), instance, ALL_WEEKS[0], ALL_WEEKS[-1])
     assert not result.success
-    check = check_evaluations(result)["unique_spec_obj_id"]
-    assert not check.passed and "spreadsheet round trip" in check.metadata["failures"].value
+    check = check_evaluations(result)[QUALITY_CHECK]
+    assert not check.passed and "unique_spec_obj_id" in check.metadata["failed_parts"].value
+    assert "spreadsheet round trip" in check.metadata["failures"].value
     assert not instance.get_materialized_partitions(RAW)
     assert not list(tmp_path.rglob("*.parquet"))
 
@@ -152,7 +153,7 @@ def test_sentinel_row_is_dropped_and_counted(tmp_path, sdss_sample):
     metadata = record.asset_materialization.metadata
     assert metadata["dropped_rows"].value == 1
     assert metadata["dropped_by_reason"].value == {"sentinel_magnitude": 1}
-    assert check_evaluations(result)["magnitude_range"].metadata["sentinel_rows"].value == 1
+    assert check_evaluations(result)[QUALITY_CHECK].metadata["sentinel_rows"].value == 1
 
 
 def test_skyserver_source_through_dagster(tmp_path, sdss_sample):

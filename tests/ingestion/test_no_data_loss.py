@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from stellar_assets.ingestion import INGESTION_ASSETS
+from stellar_assets.ingestion.assets import QUALITY_CHECK
 from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG, LocalParquetIOManager
 from stellar_assets.resources.sources import ObservationSource
 from stellar_core.weeks import week_keys_for_mjds
@@ -215,9 +216,14 @@ def test_a_gzip_named_csv_and_declared_span(stored, tmp_path, sample):
     assert files(store).items() >= before.items()
 
 
-def failed_checks(result) -> dict[str, object]:
-    return {e.event_specific_data.check_name: e.event_specific_data for e in result.all_events
-            if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed}
+def failed_parts(result) -> dict[str, object]:
+    """Each failed part of the quality suite -> a failed suite evaluation that names it."""
+    parts = {}
+    for event in result.all_events:
+        data = event.event_specific_data
+        if event.event_type_value == "ASSET_CHECK_EVALUATION" and data.check_name == QUALITY_CHECK and not data.passed:
+            parts.update({part: data for part in data.metadata["failed_parts"].value.split(", ")})
+    return parts
 
 
 def week_rows(sample: pd.DataFrame, index: int) -> tuple[str, pd.DataFrame]:
@@ -234,7 +240,7 @@ def test_ids_rounded_below_source_precision_fail_the_gate(stored, tmp_path, samp
         rounded[column] = rounded[column].map(lambda v: float(f"{v:.{digits - 1}e}"))
     result = ingest(write_csv(rounded, tmp_path / f"rounded{digits}.csv"), store)
     assert not result.success
-    assert "id_precision" in failed_checks(result)
+    assert "id_precision" in failed_parts(result)
     assert files(store) == before
 
 
@@ -244,7 +250,7 @@ def test_a_row_without_an_id_is_refused(stored, tmp_path, sample):
     rows.iloc[0, rows.columns.get_loc("spec_obj_ID")] = None
     result = ingest(write_csv(rows, tmp_path / "no_id.csv"), store, first=week, last=week)
     assert not result.success
-    assert "null_share" in failed_checks(result)
+    assert "null_share" in failed_parts(result)
     assert files(store) == before
 
 
@@ -255,7 +261,7 @@ def test_a_stored_spectrum_arriving_in_another_week_is_refused(stored, tmp_path,
     moved = rows.head(1).assign(MJD=rows["MJD"].iloc[0] + 14)
     result = ingest(write_csv(moved, tmp_path / "moved.csv"), store, csv_first_week=FIRST, csv_last_week=LAST)
     assert not result.success
-    assert "id_precision" in failed_checks(result)
+    assert "id_precision" in failed_parts(result)
     assert files(store) == before
 
 
@@ -266,7 +272,7 @@ def test_a_week_of_unphysical_rows_fails_even_inside_a_good_batch(stored, tmp_pa
     broken.loc[rows.index, "u"] = 99.0  # every row of one week: well under 1% of the batch
     result = ingest(write_csv(broken, tmp_path / "broken_week.csv"), store)
     assert not result.success
-    check = failed_checks(result)["magnitude_range"]
+    check = failed_parts(result)["magnitude_range"]
     assert week in str(check.metadata["failures"].value)
     assert files(store) == before
 

@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from stellar_assets.ingestion import INGESTION_ASSETS
-from stellar_assets.ingestion.assets import BATCH_FAILURE_NOTE, PLACEMENT_CHECK, QUALITY_CHECKS
+from stellar_assets.ingestion.assets import BATCH_FAILURE_NOTE, PLACEMENT_CHECK, QUALITY_CHECK, QUALITY_PARTS
 from stellar_assets.resources.io_managers import LocalParquetIOManager
 from stellar_assets.resources.sources import ObservationSource
 from stellar_core.weeks import week_keys_for_mjds
@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 RAW = dg.AssetKey("raw_observations")
 WEEKS = ["2012-10-07", "2012-10-14", "2012-10-21"]  # 90, 86 and 12 spectra in the sample
-CHECKS = [*QUALITY_CHECKS, PLACEMENT_CHECK]
+CHECKS = [QUALITY_CHECK, PLACEMENT_CHECK]
 
 
 def _ingest(csv_path, data_dir, instance) -> dg.ExecuteInProcessResult:
@@ -39,6 +39,11 @@ def evaluations_of_run(instance, run_id: str, check: str) -> dict[str, object]:
     assert sorted(weeks, key=str) == WEEKS, f"{check}: evaluations for {weeks}, expected one per week of {WEEKS}"
     assert all(r.status.value in ("SUCCEEDED", "FAILED") for r in records), f"{check} left planned: {records}"
     return {r.partition: r.event.dagster_event.event_specific_data for r in records}
+
+
+def part_verdicts(evaluation) -> dict[str, str]:
+    """The suite check's verdict on each of its parts (metadata `parts`)."""
+    return evaluation.metadata["parts"].value
 
 
 def materializations_of_run(instance, run_id: str) -> dict[str, object]:
@@ -60,8 +65,9 @@ def test_ranged_run_checks_each_week_against_its_own_materialization(tmp_path, s
             target = evaluation.target_materialization_data
             assert target is not None, f"{check}[{week}] points at no materialization"
             assert (target.run_id, target.storage_id) == (second.run_id, materialized[week].storage_id), (check, week)
-    rows = evaluations_of_run(instance, second.run_id, "null_share")
-    assert [rows[w].metadata["rows"].value for w in WEEKS] == [90, 86, 12]
+    suite = evaluations_of_run(instance, second.run_id, QUALITY_CHECK)
+    assert [suite[w].metadata["rows"].value for w in WEEKS] == [90, 86, 12]
+    assert all(part_verdicts(suite[w]) == {part: "passed" for part in QUALITY_PARTS} for w in WEEKS)
 
 
 def _write_csv(path, frame: pd.DataFrame):
@@ -80,11 +86,15 @@ def test_a_broken_week_fails_its_own_check_and_nothing_is_stored(tmp_path, sdss_
     result = _ingest(_write_csv(tmp_path / "broken.csv.gz", broken), tmp_path / "store", instance)
     assert not result.success
     assert not instance.get_materialized_partitions(RAW)
-    magnitudes = evaluations_of_run(instance, result.run_id, "magnitude_range")
-    assert not magnitudes[WEEKS[1]].passed and WEEKS[1] in magnitudes[WEEKS[1]].description
-    assert magnitudes[WEEKS[0]].passed and magnitudes[WEEKS[2]].passed
-    assert all(e.target_materialization_data is None for e in magnitudes.values())  # nothing was stored
-    assert all(e.passed for e in evaluations_of_run(instance, result.run_id, "redshift_range").values())
+    suite = evaluations_of_run(instance, result.run_id, QUALITY_CHECK)
+    broken_week = suite[WEEKS[1]]
+    assert not broken_week.passed and WEEKS[1] in broken_week.description
+    assert broken_week.description.startswith("magnitude_range failed.")
+    assert broken_week.metadata["failed_parts"].value == "magnitude_range"
+    verdicts = part_verdicts(broken_week)
+    assert verdicts["magnitude_range"].startswith("failed") and verdicts["redshift_range"] == "passed"
+    assert suite[WEEKS[0]].passed and suite[WEEKS[2]].passed
+    assert all(e.target_materialization_data is None for e in suite.values())  # nothing was stored
 
 
 def test_a_batch_failure_no_week_explains_fails_every_week(tmp_path, sdss_sample):
@@ -95,6 +105,7 @@ def test_a_batch_failure_no_week_explains_fails_every_week(tmp_path, sdss_sample
     instance = dg.DagsterInstance.ephemeral()
     result = _ingest(_write_csv(tmp_path / "dup.csv.gz", duplicated), tmp_path / "store", instance)
     assert not result.success
-    unique = evaluations_of_run(instance, result.run_id, "unique_spec_obj_id")
-    assert not any(e.passed for e in unique.values())
-    assert all(BATCH_FAILURE_NOTE in e.description for e in unique.values())
+    suite = evaluations_of_run(instance, result.run_id, QUALITY_CHECK)
+    assert not any(e.passed for e in suite.values())
+    assert all(BATCH_FAILURE_NOTE in e.description for e in suite.values())
+    assert all("unique_spec_obj_id" in e.metadata["failed_parts"].value.split(", ") for e in suite.values())

@@ -19,6 +19,7 @@ import time
 import pandas as pd
 import pytest
 
+from stellar_assets.ingestion.assets import PLACEMENT_CHECK, QUALITY_CHECK
 from stellar_mlflow.names import TAG_DAGSTER_RUN, TAG_WINDOW_LAST
 from stellar_api.client import StellarClient
 
@@ -112,7 +113,8 @@ def test_backfill_through_graphql_lands_in_postgres_and_s3(stack, api, state):
         assert {p for (a, p) in recorded if a == asset} == set(WEEKS), asset
     checks = stack.pg.query("dagster", "SELECT DISTINCT check_name FROM asset_check_executions "
                             "WHERE asset_key = %s AND execution_status = 'SUCCEEDED'", ('["raw_observations"]',))
-    assert len(checks) >= 3, f"quality checks of raw_observations recorded in PostgreSQL: {checks}"
+    assert {name for (name,) in checks} == {QUALITY_CHECK, PLACEMENT_CHECK}, \
+        f"checks of raw_observations recorded in PostgreSQL: {checks}"
 
     # Data: one Parquet object per week and asset in S3, holding the week's rows.
     rows = 0
