@@ -186,21 +186,26 @@ def _family_detail(family: str, report: dict) -> str:
     return f"{part.get('reason')} (threshold: {part.get('threshold')})"
 
 
-MLFLOW_RUN_CHOICES = ("latest_and_degraded", "degraded", "every_week")
+MLFLOW_RUN_CHOICES = ("latest_and_degraded", "degraded", "degradation_onsets", "every_week")
 
 
 class DriftReportConfig(dg.Config):
     mlflow_runs: str = Field(
         default="latest_and_degraded", description="which weeks of the run get an MLflow run (report JSON, "
         "distribution plot, shown inline here): 'latest_and_degraded' (the run's latest week, i.e. a weekly "
-        "run's only week, and weeks where the champion degraded), 'degraded', or 'every_week' (about 1.5 s a "
-        "week). A backfill over years would otherwise spend most of its time on plots nobody opens; every "
-        "week's report stays the asset's stored value, summarised in its metadata")
+        "run's only week, and weeks where the champion degraded), 'degraded', 'degradation_onsets' (the first "
+        "degraded week of each stretch of degraded weeks in the run: what the replay logs, since the weeks after "
+        "an onset are retrained on and predicted again), or 'every_week' (about 1.5 s a week). A backfill over "
+        "years would otherwise spend most of its time on plots nobody opens; every week's report stays the "
+        "asset's stored value, summarised in its metadata")
 
-    def wants_mlflow_run(self, latest: bool, degraded: bool) -> bool:
+    def wants_mlflow_run(self, latest: bool, degraded: bool, degraded_before: bool = False) -> bool:
+        """`degraded_before`: the run's previous week found the champion degraded too."""
         if self.mlflow_runs not in MLFLOW_RUN_CHOICES:
             raise dg.Failure(description=f"drift_report config mlflow_runs={self.mlflow_runs!r}: expected one of "
                              f"{', '.join(MLFLOW_RUN_CHOICES)}")
+        if self.mlflow_runs == "degradation_onsets":
+            return degraded and not degraded_before
         return self.mlflow_runs == "every_week" or degraded or (latest and self.mlflow_runs == "latest_and_degraded")
 
 
@@ -233,6 +238,7 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, b
     weeks = _WeekData(keys, observation_features, batch_predictions, context.resources.io_manager)
     records = ChampionRecords(context.resources.predictions_db, keys[-1])
     reports: dict[str, dict] = {}
+    degraded_before = False
     for week in keys:
         version = run.champions.as_of(week)
         weeks.require_predictions_of(week, version)
@@ -240,12 +246,14 @@ def drift_report(context: dg.AssetExecutionContext, config: DriftReportConfig, b
         metadata = _report_metadata(report, current, version)
         evidence = champion_degradation(run.champions, records, version, week, run.settings)
         metadata.update(_degradation_metadata(report, evidence))
-        if config.wants_mlflow_run(week == keys[-1], evidence is not None and evidence.degraded):
+        degraded = evidence is not None and evidence.degraded
+        if config.wants_mlflow_run(week == keys[-1], degraded, degraded_before):
             metadata.update(_log_week(run, week, version, report, current, reference))
         else:
             metadata["mlflow_run"] = (f"none: this run logs MLflow runs and plots for {config.mlflow_runs} weeks "
                                       "(run config mlflow_runs); this report is the asset's stored value")
         context.add_asset_metadata(metadata, partition_key=week)
+        degraded_before = degraded
         reports[week] = json.loads(json.dumps(report, default=_json_default))
     yield dg.Output(reports if len(keys) > 1 else reports[keys[0]])
     yield from week_check_events(context, _check_results(reports), materialized=True)  # each week's new one

@@ -153,6 +153,10 @@ def test_drift_report_config_names_a_wrong_mlflow_runs_value_and_picks_the_weeks
     assert not default.wants_mlflow_run(False, False)
     assert degraded_only.wants_mlflow_run(False, True) and not degraded_only.wants_mlflow_run(True, False)
     assert every.wants_mlflow_run(False, False)
+    onsets = DriftReportConfig(mlflow_runs="degradation_onsets")
+    assert onsets.wants_mlflow_run(False, True, degraded_before=False)
+    assert not onsets.wants_mlflow_run(False, True, degraded_before=True)  # the stretch's onset was logged
+    assert not onsets.wants_mlflow_run(True, False)
 
 
 def test_feature_drift_with_a_prepared_reference_gives_scipys_statistics():
