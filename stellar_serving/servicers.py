@@ -218,8 +218,8 @@ class Explainer:
     `prepare(model)` runs as each version is swapped in (a ModelStore listener):
     the C explainer of the newest version is built in a background thread (flat
     arrays, a compile, a check against pred_contribs on probe rows: about 2 s for
-    400 rounds), after that version's compiled predictor has settled so the two
-    compiles never share the cores. XGBoost answers until then, and for good if
+    400 rounds), after that version's compiled predictor has settled so a
+    version's two compiles do not compete for the cores. XGBoost answers until then, and for good if
     the build fails (`describe` says why). One thread builds, one version at a
     time; when it finishes it builds the newest version prepared meanwhile, so a
     swap during a build never loses the newer build. Explainers are keyed by the
@@ -346,10 +346,14 @@ class Explainer:
     def _single_threaded(self, booster):
         """`booster`'s single-threaded copy, made once (the last booster asked keeps its copy)."""
         with self._lock:
+            if self._single is not None and self._single[0] is booster:
+                return self._single[1]
+        # Copied outside the lock (tens of ms for 400 rounds): Explain calls never wait for it.
+        single = booster.copy()
+        single.set_param({"nthread": 1})
+        with self._lock:
             if self._single is None or self._single[0] is not booster:
-                single = booster.copy()
-                single.set_param({"nthread": 1})
-                self._single = (booster, single)
+                self._single = (booster, single)  # two first callers: the first copy stays
             return self._single[1]
 
 
