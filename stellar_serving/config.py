@@ -97,8 +97,9 @@ class ServingConfig:
         "STELLAR_COMPILED_PREDICTOR_CC", "gcc", "C compiler tl2cgen runs (gcc or clang, or a path to one)")
     explainer: str = _env(
         "STELLAR_EXPLAINER", "auto",
-        "auto: Explain answers with exact C TreeSHAP (compiled with STELLAR_COMPILED_PREDICTOR_CC at a version's "
-        "first Explain, in the background, and checked against XGBoost), XGBoost pred_contribs until then; "
+        "auto: Explain answers with exact C TreeSHAP (compiled with STELLAR_COMPILED_PREDICTOR_CC in the "
+        "background when a version is loaded or swapped in, after its compiled predictor, and checked against "
+        "XGBoost), XGBoost pred_contribs until then; "
         "xgboost: XGBoost pred_contribs always")
     micro_batch_max_rows: int = _env(
         "STELLAR_MICRO_BATCH_MAX_ROWS", 64,
