@@ -44,6 +44,12 @@ def _runs_with(instance: dg.DagsterInstance, tags: dict, limit: int | None = Non
     return instance.get_runs(filters=RunsFilter(job_name=RETRAIN_JOB, tags=tags), limit=limit)
 
 
+def _launched_keys(instance: dg.DagsterInstance, weeks: list[str | None]) -> set[str]:
+    """The retraining run keys of these weeks that already have a run."""
+    keys = sorted({retraining_run_key(week) for week in weeks if week})
+    return {run.tags[RUN_KEY_TAG] for run in _runs_with(instance, {RUN_KEY_TAG: keys})} if keys else set()
+
+
 def fired_triggers(metadata: dict, triggers: tuple[str, ...]) -> list[str]:
     """Which of the configured triggers a drift report's metadata fires."""
     fired = [DEGRADATION_TRIGGER] if DEGRADATION_TRIGGER in triggers and metadata.get(DEGRADATION_TRIGGER) else []
@@ -79,9 +85,11 @@ def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSO
             return dg.SkipReason("no new drift reports since the last tick")
         requests: list[dg.RunRequest] = []
         notes: list[str] = []
-        # Read the retraining runs once per tick (sensor evaluations time out after 60 s).
+        # Read the retraining runs once per tick (sensor evaluations time out after 60 s), and the runs of
+        # these reports' run keys in one query, not one per report.
         retrained = [run.tags.get(RETRAIN_WEEK_TAG) for run in _runs_with(context.instance, {TRIGGER_TAG: TRIGGER})]
         planned: list[str] = [w for w in retrained if w]  # plus weeks requested earlier in this tick
+        launched = _launched_keys(context.instance, [r.asset_materialization.partition for r in result.records])
         for record in result.records:
             materialization = record.asset_materialization
             week = materialization.partition
@@ -91,8 +99,7 @@ def build_retraining_sensor(cooldown_weeks: int | None = None, name: str = SENSO
             fired = fired_triggers(metadata, triggers)
             last = max([w for w in planned if w <= week], default=None)
             key = retraining_run_key(week)
-            requested = bool(_runs_with(context.instance, {RUN_KEY_TAG: key}, limit=1)) or key in {
-                r.run_key for r in requests}
+            requested = key in launched or key in {r.run_key for r in requests}
             # The degradation sentence explains a decision about degradation, not a drift-check trigger.
             evidence = metadata.get("degradation_summary", "") if not fired or DEGRADATION_TRIGGER in fired else ""
             decision = retraining_decision(week, _status(metadata, fired), fired, last, cooldown, requested, evidence)
