@@ -88,6 +88,16 @@ def run_materializations(context: dg.AssetExecutionContext) -> dict[str, AssetCh
     return targets
 
 
+def markdown_table(frame) -> str:
+    """A small DataFrame as a Markdown table for metadata, every value as Python prints it. (pandas'
+    to_markdown goes through tabulate, which shows 6 significant digits: an SDSS ID 1237664879951151104
+    would read 1.23766e+18, as if a spreadsheet had rounded it.)"""
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False, name=None)]
+    return "\n".join(lines)
+
+
 def percent(share: float) -> str:
     """A share as people write it: 0.99 -> '99%', 0.025 -> '2.5%'."""
     return f"{rounded(100 * share)}%"

@@ -34,7 +34,7 @@ from stellar_core.quality import (
 from stellar_core.sources import SourceError
 from stellar_core.week_changes import WeekChange, compare_week, content_versions_by_week
 from stellar_core.weeks import week_keys_for_mjds
-from stellar_assets.checks import WeekCheck, percent, week_check_events, weekly_check_spec
+from stellar_assets.checks import WeekCheck, markdown_table, percent, week_check_events, weekly_check_spec
 from stellar_assets.partitions import observation_weeks, survey_span
 from stellar_assets.resources.io_managers import ALLOW_SHRINK_TAG, shrink_allowed
 from stellar_assets.resources.sources import ObservationSource, SourceBatch
@@ -193,7 +193,7 @@ def _week_metadata(frame: pd.DataFrame, label_column: str, source: str, version:
         return metadata
     if label_column in frame.columns:
         metadata["class_mix"] = dg.MetadataValue.json(_class_mix(frame[label_column]))
-    metadata["preview"] = dg.MetadataValue.md(frame.head(5).to_markdown(index=False))
+    metadata["preview"] = dg.MetadataValue.md(markdown_table(frame.head(5)))
     return metadata
 
 
@@ -367,7 +367,7 @@ def _placement_checks(batch: SourceBatch, keys: list[str]) -> list[WeekCheck]:
                 "batch_weeks": f"{keys[0]}..{keys[-1]} ({len(keys)} week(s))"}
     if len(examples):
         columns = [c for c in (OBJECT_ID_COLUMN, MJD_COLUMN, "reason") if c in examples.columns]
-        metadata["examples"] = dg.MetadataValue.md(examples[columns].to_markdown(index=False))
+        metadata["examples"] = dg.MetadataValue.md(markdown_table(examples[columns]))
     description = PLACEMENT_DESCRIPTION if batch.unplaceable.empty else \
         f"the batch holds {len(batch.unplaceable)} row(s) no survey week holds: {batch.unplaceable_summary}"
     return [WeekCheck(PLACEMENT_CHECK, week, passed=batch.unplaceable.empty, description=description,

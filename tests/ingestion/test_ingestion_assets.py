@@ -76,6 +76,17 @@ def test_backfill_of_every_week_is_one_run(tmp_path, sdss_sample_path):
     assert all(c.passed for c in checks.values()) and set(checks) == {QUALITY_CHECK, PLACEMENT_CHECK}
 
 
+def test_preview_shows_ids_at_full_precision(tmp_path, sdss_sample_path):
+    """A rounded-looking ID in the preview (1.23766e+18) would send a reader hunting for a spreadsheet."""
+    instance = dg.DagsterInstance.ephemeral()
+    source = ObservationSource(kind="sdss_csv", csv_path=str(sdss_sample_path))
+    assert run(source, LocalParquetIOManager(base_dir=str(tmp_path)), instance, BUSY_WEEK).success
+    (record,) = materializations(instance, RAW, BUSY_WEEK)
+    preview = record.asset_materialization.metadata["preview"].value
+    week = pd.read_parquet(tmp_path / "raw_observations" / f"{BUSY_WEEK}.parquet")
+    assert all(str(value) in preview for value in week["spec_obj_ID"].head(5))
+
+
 def test_empty_week_materializes_and_says_so(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     source = ObservationSource(kind="simulator", simulator_rows_per_week=0)
