@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     import dagster as dg
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    from stellar_app.replay import LOG_DEGRADED_ONLY
+    from stellar_app.replay import LOG_DEGRADATION_ONSETS
     from stellar_app.runs import RANGE_END_TAG, RANGE_START_TAG
     from stellar_assets.definitions import defs
     from stellar_assets.partitions import observation_weeks
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     floor_job = floor_definitions(observation_weeks).resolve_job_def("floor")
     platform_job = defs.resolve_job_def("predict_and_check")
     # The replay's chunks log MLflow runs and plots for degraded weeks only; a weekly run also logs its week.
-    runs = {"floor": (floor_job, None), "platform": (platform_job, LOG_DEGRADED_ONLY),
+    runs = {"floor": (floor_job, None), "platform": (platform_job, LOG_DEGRADATION_ONSETS),
             "platform, latest week logged": (platform_job, None)}
     figures: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for round_ in range(args.rounds):
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     kinds = Counter(e.dagster_event.event_type_value for e in instance.all_logs(last_run.run_id) if e.dagster_event)
     print("platform events by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
     if args.profile:
-        profiled_run(platform_job, instance, tags, LOG_DEGRADED_ONLY, args.profile)
+        profiled_run(platform_job, instance, tags, LOG_DEGRADATION_ONSETS, args.profile)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ REPLAY_CHALLENGER = {"n_estimators": 80, "max_depth": 4, "learning_rate": 0.2, "
 # location's gate does not say: its out-of-time evaluation set and as many rows again to train on.
 DEFAULT_BOOTSTRAP_ROWS = 600
 FEATURES = dg.AssetKey("observation_features")
-LOG_DEGRADED_ONLY = {"ops": {"drift_report": {"config": {"mlflow_runs": "degraded"}}}}
+LOG_DEGRADATION_ONSETS = {"ops": {"drift_report": {"config": {"mlflow_runs": "degradation_onsets"}}}}
 
 
 class ReplayError(RuntimeError):
@@ -265,8 +265,9 @@ class _Replayer:
                   f"{self.log.initial['last_week']}")
 
     def predict(self, start: str, end: str) -> None:
-        # MLflow runs and plots where a person will look: the replay's last week, and degraded weeks.
-        reports = {} if end == self.plan.last_week else LOG_DEGRADED_ONLY
+        # MLflow runs and plots where a person will look: the replay's last week, and where each stretch of
+        # degraded weeks begins (the weeks after it are retrained on and, after a promotion, predicted again).
+        reports = {} if end == self.plan.last_week else LOG_DEGRADATION_ONSETS
         result = self.execute("predict_and_check", {RANGE_START_TAG: start, RANGE_END_TAG: end},
                               run_config=reports, what=f"predict+drift {start}..{end}")
         if not result.success:
