@@ -98,17 +98,16 @@ def quality_week_checks(report: QualityReport, weeks: pd.Series, keys: list[str]
     (duplicate IDs across weeks, a missing column)."""
     rows = weeks.value_counts().to_dict()
     wanted = set(keys)
-    by_week: dict[str, list[ExpectationOutcome]] = {}
-    for outcome in report.outcomes:
-        if outcome.week in wanted and not outcome.success:
-            by_week.setdefault(outcome.week, []).append(outcome)
-    explained = {(o.name, o.column) for failed in by_week.values() for o in failed}
-    unexplained = [o for o in report.failures if o.week is None and (o.name, o.column) not in explained]
-    judged_batch = [o for o in report.outcomes if o.week is None]
-    judged_weeks: dict[str, list[ExpectationOutcome]] = {}
+    judged_weeks: dict[str, list[ExpectationOutcome]] = {}  # the outcomes judging one week's rows
+    by_week: dict[str, list[ExpectationOutcome]] = {}  # and those of them that failed
     for outcome in report.outcomes:
         if outcome.week in wanted:
             judged_weeks.setdefault(outcome.week, []).append(outcome)
+            if not outcome.success:
+                by_week.setdefault(outcome.week, []).append(outcome)
+    explained = {(o.name, o.column) for failed in by_week.values() for o in failed}
+    unexplained = [o for o in report.failures if o.week is None and (o.name, o.column) not in explained]
+    judged_batch = [o for o in report.outcomes if o.week is None]
     checks = []
     for week in keys:
         judged = judged_batch + judged_weeks.get(week, [])
