@@ -111,6 +111,7 @@ def decision_line(week: str, flags: str | None, decision: str, version: str | No
     said = summary if summary.startswith(decision) else (f"{head}: {summary}" if summary else head)
     return f"{week}  retrained ({flags or 'requested'}): {said[:len(head) + 2 + width]}"
 
+
 def _weeks(first: str, last: str) -> list[str]:
     return [w.key for w in Week.range(first, last)]
 

@@ -8,6 +8,7 @@ that was good before keeps its data.
 
 
 import hashlib
+from collections import Counter
 
 import dagster as dg
 import pandas as pd
@@ -112,24 +113,24 @@ def quality_week_checks(report: QualityReport, weeks: pd.Series, keys: list[str]
     for week in keys:
         judged = judged_batch + judged_weeks.get(week, [])
         failed = by_week.get(week, []) + unexplained
-        metadata = _quality_metadata(judged, failed, int(rows.get(week, 0)), report)
+        failed_parts = Counter(_part(o) for o in failed)  # in the order of their first failure
+        metadata = _quality_metadata(judged, failed, failed_parts, int(rows.get(week, 0)), report)
         metadata["sentinel_rows"] = sentinel_rows.get(week, 0)  # dropped and counted by features
         checks.append(WeekCheck(QUALITY_CHECK, week, passed=not failed, metadata=metadata,
-                                description=_quality_description(week, failed)))
+                                description=_quality_description(week, failed, failed_parts)))
     return checks
 
 
-def _quality_metadata(judged: list[ExpectationOutcome], failed: list[ExpectationOutcome], rows: int,
-                      report: QualityReport) -> dict:
-    failed_parts = {part: sum(_part(o) == part for o in failed) for part in QUALITY_PARTS}
+def _quality_metadata(judged: list[ExpectationOutcome], failed: list[ExpectationOutcome], failed_parts: Counter,
+                      rows: int, report: QualityReport) -> dict:
     metadata = {
         "rows": rows,
         "batch_rows": report.rows,
         "expectations": len(judged),
         "failed_expectations": len(failed),
-        "failed_parts": ", ".join(part for part, n in failed_parts.items() if n) or "none",
-        "parts": dg.MetadataValue.json({part: f"failed ({n} expectation(s))" if n else "passed"
-                                        for part, n in failed_parts.items()}),
+        "failed_parts": ", ".join(part for part in QUALITY_PARTS if failed_parts[part]) or "none",
+        "parts": dg.MetadataValue.json({part: f"failed ({failed_parts[part]} expectation(s))" if failed_parts[part]
+                                        else "passed" for part in QUALITY_PARTS}),
         "batch_verdict": "passed the quality suite" if report.success else
         f"refused: {len(report.failures)} failed expectation(s) in the batch; nothing was stored",
     }
@@ -142,14 +143,13 @@ def _quality_metadata(judged: list[ExpectationOutcome], failed: list[Expectation
     return metadata
 
 
-def _quality_description(week: str, failed: list[ExpectationOutcome]) -> str:
+def _quality_description(week: str, failed: list[ExpectationOutcome], failed_parts: Counter) -> str:
     if not failed:
         return f"All {len(QUALITY_PARTS)} parts of the quality suite passed: {', '.join(QUALITY_PARTS)}."
     first = failed[0]
     where = f"week {week}" if first.week else BATCH_FAILURE_NOTE
-    parts = ", ".join(dict.fromkeys(_part(o) for o in failed))
     more = f" (and {len(failed) - 1} more failed expectation(s))" if len(failed) > 1 else ""
-    return f"{parts} failed. {first.name} on {first.column or 'the table'}, {where}: {first.explanation}{more}"
+    return f"{', '.join(failed_parts)} failed. {first.name} on {first.column or 'the table'}, {where}: {first.explanation}{more}"
 
 
 def _sentinel_rows_by_week(frame: pd.DataFrame, weeks: pd.Series) -> dict[str, int]:
