@@ -88,6 +88,17 @@ def _tolerant(deserializer):
     return deserialize
 
 
+def _sending_bytes(serializer):
+    """`serializer` that sends a response a servicer already encoded (bytes, see wire.py) as it is."""
+    if serializer is None:
+        return None
+
+    def serialize(response) -> bytes:
+        return response if type(response) is bytes else serializer(response)
+
+    return serialize
+
+
 def _ignore_request(data: bytes) -> None:
     return _IGNORED
 
@@ -450,7 +461,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         pool = self._thread_pools.get(full_method)
         if pool is not None:
             wrapped.experimental_thread_pool = pool  # grpc runs the call on this pool
-        return factory(wrapped, _tolerant(handler.request_deserializer), handler.response_serializer)
+        return factory(wrapped, _tolerant(handler.request_deserializer), _sending_bytes(handler.response_serializer))
 
     def _request_taker(self, method: str, reads_one: bool):
         """requests iterator -> what the behaviour takes: the one request, or the checked iterator."""

@@ -31,7 +31,7 @@ from stellar_api._generated.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
 from stellar_api.status_details import FieldViolation, bad_request_trailer
-from stellar_serving import treeshap
+from stellar_serving import treeshap, wire
 from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
@@ -117,34 +117,39 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
         except InvalidInput as exc:
             _refuse(context, exc)
 
-    def _classify(self, objects, what: str, context, method: str, response_type=pb.ClassifyBatchResponse,
-                  field: str = OBJECTS_FIELD):
+    def _classify(self, objects, what: str, context, method: str, field: str = OBJECTS_FIELD):
+        """The objects' classifications, as (client ids, probabilities, the encoder of the model that answered)."""
         inputs = self._inputs(objects, what, context, field)
         _check_deadline(context)
         model = _current(self.store, context)
         proba = self._predict(model, inputs, method)
         try:
-            return _batch_response(objects, proba, model, self.config.max_client_id_chars, what, response_type, field)
+            client_ids = _client_ids(objects, self.config.max_client_id_chars, what, field)
         except InvalidInput as exc:
             _refuse(context, exc)
+        return client_ids, proba, _encoder(model)
 
+    # The responses go out as wire bytes (stellar_serving.wire; the server sends bytes as they are).
     def Classify(self, request, context):
         if not request.HasField("object"):
             message = "ClassifyRequest.object is missing"
             _refuse(context, InvalidInput(message, [FieldViolation(SINGLE_OBJECT_FIELD, message)]))
-        response = self._classify([request.object], "request", context, "Classify", field=SINGLE_OBJECT_FIELD)
-        return pb.ClassifyResponse(result=response.results[0])
+        (client_id,), proba, encoder = self._classify([request.object], "request", context, "Classify",
+                                                      field=SINGLE_OBJECT_FIELD)
+        return encoder.single(client_id, proba)
 
     def ClassifyBatch(self, request, context):
-        return self._classify(request.objects, "batch", context, "ClassifyBatch")
+        client_ids, proba, encoder = self._classify(request.objects, "batch", context, "ClassifyBatch")
+        return encoder.batch(client_ids, proba)
 
     def ClassifyStream(self, request_iterator, context):
         # The server's StreamGuard bounds open streams and ends idle ones.
         for index, request in enumerate(request_iterator):
             # Each message reads the current model again: a long stream picks
             # up a new champion between messages, and each response names it.
-            yield self._classify(request.objects, f"stream message {index}", context, "ClassifyStream",
-                                 pb.ClassifyStreamResponse)
+            client_ids, proba, encoder = self._classify(request.objects, f"stream message {index}", context,
+                                                        "ClassifyStream")
+            yield encoder.batch(client_ids, proba)
 
     # -- explanation --------------------------------------------------------------------
     def Explain(self, request, context):
@@ -190,26 +195,18 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
                                       changed=outcome.changed, source=outcome.current.source)
 
 
-def _batch_response(objects, proba: np.ndarray, model: LoadedModel, max_client_id: int,
-                    what: str, response_type=pb.ClassifyBatchResponse, field: str = OBJECTS_FIELD):
-    """The results, in order, as a `response_type` (ClassifyBatchResponse or ClassifyStreamResponse);
-    InvalidInput if a client_id is longer than `max_client_id`."""
-    labels = model.classes
-    classes = [CLASS_ENUM[label] for label in labels]
-    version = model.version
-    best = proba.argmax(axis=1).tolist()
-    rows = proba.tolist()
-    response = response_type(model_version=version)
-    add = response.results.add
-    for index, (obj, k, row) in enumerate(zip(objects, best, rows)):
-        client_id = obj.client_id
-        if len(client_id) > max_client_id:
-            check_client_id(client_id, index, max_client_id, what, field)
-        result = add(client_id=client_id, predicted_class=classes[k], model_version=version)
-        probabilities = result.probabilities
-        for label, p in zip(labels, row):
-            probabilities[label] = p
-    return response
+def _client_ids(objects, max_client_id: int, what: str, field: str = OBJECTS_FIELD) -> list[str]:
+    """The objects' client ids, read once; InvalidInput naming the first one longer than `max_client_id`."""
+    client_ids = [obj.client_id for obj in objects]
+    if max(map(len, client_ids)) > max_client_id:
+        index = next(k for k, client_id in enumerate(client_ids) if len(client_id) > max_client_id)
+        check_client_id(client_ids[index], index, max_client_id, what, field)
+    return client_ids
+
+
+def _encoder(model: LoadedModel) -> wire.ResultEncoder:
+    classes = tuple(model.classes)
+    return wire.encoder_for(classes, tuple(CLASS_ENUM[label] for label in classes), model.version)
 
 
 class Explainer:

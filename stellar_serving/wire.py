@@ -1,0 +1,128 @@
+"""stellar.v1 classification results, encoded straight to protobuf wire bytes.
+
+Built as messages, a 1,000-object ClassifyBatch response costs 2-3.7 ms of
+Python on this machine (a Classification and a three-entry map per object, then
+the serializer), more than reading the request. Every result of one model
+version shares its layout: the predicted-class field, the three map entries and
+the version differ only in one enum byte and twelve float bytes. So the shared
+bytes are laid out once per version, numpy writes the varying bytes of all rows
+at once, and only the client ids are joined row by row: ~0.9 ms for 1,000.
+
+The bytes parse to the message the generated classes build (tests compare the
+two), and the server sends bytes a servicer
+returns as they are (server.py `_sending_bytes`). Field numbers come from the
+generated descriptors, so a renumbered field cannot drift from this encoder.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
+
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Lengths up to 16383 bytes (every client id the server accepts) from a table.
+_SMALL_VARINTS = [varint(n) for n in range(1 << 14)]
+
+
+def _length(n: int) -> bytes:
+    return _SMALL_VARINTS[n] if n < len(_SMALL_VARINTS) else varint(n)
+
+
+def _key(message, field: str, wire_type: int) -> bytes:
+    return varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | wire_type)
+
+
+def _field(key: bytes, payload: bytes) -> bytes:
+    return key + _length(len(payload)) + payload
+
+
+_CLIENT_ID_KEY = _key(pb.Classification, "client_id", _LENGTH_DELIMITED)
+_PROBABILITY_KEY = _key(pb.Classification, "probabilities", _LENGTH_DELIMITED)
+_VERSION_KEY = _key(pb.Classification, "model_version", _LENGTH_DELIMITED)
+_CLASS_KEY = _key(pb.Classification, "predicted_class", _VARINT)
+_MAP_KEY_KEY = _key(pb.Classification.ProbabilitiesEntry, "key", _LENGTH_DELIMITED)
+_MAP_VALUE_KEY = _key(pb.Classification.ProbabilitiesEntry, "value", _FIXED32)
+_RESULTS_KEY = _key(pb.ClassifyBatchResponse, "results", _LENGTH_DELIMITED)
+_BATCH_VERSION_KEY = _key(pb.ClassifyBatchResponse, "model_version", _LENGTH_DELIMITED)
+# The layout follows the field numbers, the order the generated messages serialize
+# in: client_id 1, probabilities 3, model_version 4, predicted_class 5. A stream
+# message and a ClassifyResponse number their fields as a batch response does
+# (tests/serving/test_wire.py compares all three with the messages).
+
+
+class ResultEncoder:
+    """One model version's Classification results -> wire bytes.
+
+    `classes`: the model's class names in probability-column order; `class_values`:
+    their ObjectClass numbers (one-byte varints); `version`: the model version."""
+
+    def __init__(self, classes: Sequence[str], class_values: Sequence[int], version: str) -> None:
+        if any(not 0 < value < 0x80 for value in class_values):
+            raise ValueError(f"ObjectClass values {list(class_values)} must be one-byte varints (1..127)")
+        # The bytes after the client id, the same for every result but for 13 bytes.
+        layout = bytearray()
+        float_offsets = []
+        for name in classes:
+            entry_head = _field(_MAP_KEY_KEY, name.encode()) + _MAP_VALUE_KEY  # then the float
+            layout += _PROBABILITY_KEY + _length(len(entry_head) + 4) + entry_head
+            float_offsets.append(len(layout))
+            layout += b"\0\0\0\0"
+        layout += _field(_VERSION_KEY, version.encode())
+        layout += _CLASS_KEY
+        self._class_offset = len(layout)
+        layout += b"\0"
+        self._layout = np.frombuffer(bytes(layout), dtype=np.uint8)
+        self._float_columns = (np.array(float_offsets)[:, None] + np.arange(4)).ravel()
+        self._class_bytes = np.array(class_values, dtype=np.uint8)
+        self._version_field = _field(_BATCH_VERSION_KEY, version.encode())
+
+    def results(self, client_ids: Sequence[str], proba: np.ndarray) -> list[bytes]:
+        """Each row of `proba` with its client id, as a length-delimited field 1 (`results`/`result`)."""
+        n = len(proba)
+        width = len(self._layout)
+        rows = np.empty((n, width), dtype=np.uint8)
+        rows[:] = self._layout
+        rows[:, self._float_columns] = np.ascontiguousarray(proba, dtype="<f4").view(np.uint8).reshape(n, -1)
+        rows[:, self._class_offset] = self._class_bytes[proba.argmax(axis=1)]
+        shared = rows.tobytes()
+        out = []
+        for k, client_id in enumerate(client_ids):
+            body = shared[k * width:(k + 1) * width]
+            if client_id:  # proto3 leaves an empty string out
+                encoded = client_id.encode()
+                body = _CLIENT_ID_KEY + _length(len(encoded)) + encoded + body
+            out.append(_RESULTS_KEY + _length(len(body)) + body)
+        return out
+
+    def batch(self, client_ids: Sequence[str], proba: np.ndarray) -> bytes:
+        """A ClassifyBatchResponse (or ClassifyStreamResponse): the results, then the version."""
+        out = self.results(client_ids, proba)
+        out.append(self._version_field)
+        return b"".join(out)
+
+    def single(self, client_id: str, proba: np.ndarray) -> bytes:
+        """A ClassifyResponse: the one row of `proba` (shape [1, n_classes])."""
+        (result,) = self.results([client_id], proba)
+        return result
+
+
+@lru_cache(maxsize=16)
+def encoder_for(classes: tuple[str, ...], class_values: tuple[int, ...], version: str) -> ResultEncoder:
+    """The encoder of one model version (a server serves one or two at a time)."""
+    return ResultEncoder(classes, class_values, version)
