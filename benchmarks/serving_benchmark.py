@@ -274,14 +274,17 @@ def _tl2cgen_predictor(model_file: Path, library: Path, n_outputs: int):
 def wait_for_predictor(stub, pb, timeout: float) -> tuple[str, str]:
     """(predictor, note) from GetModelInfo once the server stops compiling, or at `timeout`.
 
-    A server that compiles its trees in the background answers from XGBoost
-    meanwhile; the benchmark measures what it serves once that is settled."""
+    A server that compiles its trees, then builds its C TreeSHAP, in the background
+    answers from XGBoost meanwhile; the benchmark measures what it serves once both
+    are settled (a build still running would also take a core from the first rounds)."""
     deadline = time.monotonic() + timeout
     while True:
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
         predictor, note = getattr(info, "predictor", "") or "xgboost", getattr(info, "predictor_note", "")
         compiling = "compil" in note.lower() and "compiled" not in predictor.lower()
-        if not compiling or time.monotonic() > deadline:
+        explainer_note = getattr(info, "explainer_note", "").lower()
+        preparing = "being prepared" in explainer_note or "once its compiled predictor" in explainer_note
+        if not (compiling or preparing) or time.monotonic() > deadline:
             return predictor, note
         time.sleep(1)
 
