@@ -30,6 +30,11 @@ ALLOW_SHRINK_TAG = "stellar/allow-shrink"
 ROW_COUNT_FIELD = "stellar/row_count_field"
 NOT_GUARDED = "none"
 
+# A Parquet file ends with its metadata, the metadata's length (4 bytes) and PARQUET_MAGIC.
+PARQUET_MAGIC = b"PAR1"
+# The first read of a file's tail: a week's footer is a few kB, so one read holds it.
+FOOTER_READ_BYTES = 64 * 1024
+
 
 class StorageError(RuntimeError):
     pass
@@ -94,6 +99,10 @@ class _PartitionedStore:
     def _exists(self, relpath: str) -> bool:
         raise NotImplementedError
 
+    def _read_tail(self, relpath: str, size: int) -> bytes | None:
+        """The last `size` bytes (all of a shorter file), None when nothing is stored there."""
+        raise NotImplementedError
+
     def _location(self, relpath: str) -> str:
         raise NotImplementedError
 
@@ -117,11 +126,21 @@ class _PartitionedStore:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def stored_rows(self, asset_key: dg.AssetKey, partition_key: str) -> int | None:
-        """Rows of a stored table partition (from the Parquet footer), None when none is stored."""
+        """Rows of a stored table partition, None when none is stored.
+
+        Read from the Parquet footer alone: one ranged read of the file's tail
+        (two if the footer is larger), never the whole week, for every week a
+        backfill writes over."""
         relpath = _relpath(asset_key, partition_key, ".parquet")
-        if not self._exists(relpath):
+        tail = self._read_tail(relpath, FOOTER_READ_BYTES)
+        if tail is None:
             return None
-        return pq.ParquetFile(io.BytesIO(self._read(relpath))).metadata.num_rows
+        if len(tail) < 12 or tail[-4:] != PARQUET_MAGIC:
+            raise StorageError(f"{self._location(relpath)} is not a Parquet file (it ends {tail[-4:]!r})")
+        footer = int.from_bytes(tail[-8:-4], "little") + 8  # the metadata, its length and the magic
+        if footer > len(tail):
+            tail = self._read_tail(relpath, footer)
+        return pq.read_metadata(io.BytesIO(tail[-footer:])).num_rows
 
     # ---- Dagster IO manager protocol
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
@@ -244,6 +263,14 @@ class LocalParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
     def _exists(self, relpath: str) -> bool:
         return self._path(relpath).exists()
 
+    def _read_tail(self, relpath: str, size: int) -> bytes | None:
+        try:
+            with self._path(relpath).open("rb") as handle:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
 
 class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
     """Partitions as Parquet objects in an S3 bucket (MinIO works through S3Resource.endpoint_url)."""
@@ -291,6 +318,19 @@ class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise StorageError(f"could not check {self._location(relpath)}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"could not reach S3 for {self._location(relpath)}: {exc}") from exc
+
+    def _read_tail(self, relpath: str, size: int) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self._client().get_object(Bucket=self.bucket, Key=self._key(relpath), Range=f"bytes=-{size}")
+            return response["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"could not read {self._location(relpath)}: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"could not reach S3 for {self._location(relpath)}: {exc}") from exc
 
