@@ -86,6 +86,19 @@ def test_deep_trees_with_repeated_features_agree(deep_booster, sample_inputs):
     assert np.abs(explain(features) - _xgboost(deep_booster, features)).max() <= TOLERANCE
 
 
+@pytest.mark.parametrize("model", ["served", "deep"])
+def test_two_halves_of_the_trees_add_up_to_the_whole(model, registry, deep_booster, sample_inputs):
+    # 1,200 trees, and 45 (an odd count: unequal halves); rows with missing values.
+    booster = registry.bundles["1"].booster if model == "served" else deep_booster
+    whole, halves = treeshap.TreeShap(booster, threads=1), treeshap.TreeShap(booster, threads=2)
+    assert whole._split is None and halves._split == whole.trees.n_trees // 2
+    inputs = sample_inputs[:64].copy()
+    inputs[np.random.default_rng(5).random(inputs.shape) < 0.2] = np.nan
+    for features in (_features(sample_inputs, 1, offset=11), derive_feature_matrix(inputs)):
+        assert np.abs(halves(features) - whole(features)).max() <= 1e-12
+    assert np.abs(whole(features) - _xgboost(booster, features)).max() <= TOLERANCE
+
+
 def test_build_checks_against_xgboost_and_refuses_what_differs(registry):
     booster = registry.bundles["1"].booster
     probe = treeshap.probe_features()
