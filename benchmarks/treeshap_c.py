@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} ({len(sample)}): max |C - pred_contribs| {difference:.3g}; max |sum of C - output_margin| "
               f"{margin:.3g} (XGBoost's own sum of pred_contribs - output_margin: {own:.3g})")
 
-    predictors = {"C treeshap": explain, "xgboost 1 thread": lambda r: xgboost_contributions(single, r),
+    halves = treeshap.TreeShap(booster, args.compiler, threads=2)  # as served on 2+ cores: half the trees each
+    explain_one_thread = treeshap.TreeShap(booster, args.compiler, threads=1)
+    predictors = {"C treeshap": explain_one_thread, "C treeshap 2 threads": halves,
+                  "xgboost 1 thread": lambda r: xgboost_contributions(single, r),
                   "xgboost all cores": lambda r: xgboost_contributions(booster, r)}
     results: dict[tuple[str, int], list[float]] = {}
     for repeat in range(args.repeats):
