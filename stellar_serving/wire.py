@@ -23,7 +23,7 @@ import numpy as np
 
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+_VARINT, _LENGTH_DELIMITED, _FIXED32 = 0, 2, 5  # protobuf wire types
 
 
 def varint(value: int) -> bytes:
@@ -36,8 +36,8 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-# Lengths up to 16383 bytes (every client id the server accepts) from a table.
-_SMALL_VARINTS = [varint(n) for n in range(1 << 14)]
+# Lengths under 2048 bytes (a result with a client id of up to 256 characters, the default limit) from a table.
+_SMALL_VARINTS = [varint(n) for n in range(1 << 11)]
 
 
 def _length(n: int) -> bytes:
