@@ -272,6 +272,9 @@ class LocalParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
             return None
 
 
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")  # S3 error codes of a missing object
+
+
 class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
     """Partitions as Parquet objects in an S3 bucket (MinIO works through S3Resource.endpoint_url)."""
 
@@ -301,12 +304,26 @@ class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
             raise StorageError(f"could not write {self._location(relpath)}: {exc}") from exc
 
     def _read(self, relpath: str) -> bytes:
+        data = self._get(relpath)
+        if data is None:
+            raise StorageError(f"could not read {self._location(relpath)}: there is no such object")
+        return data
+
+    def _read_tail(self, relpath: str, size: int) -> bytes | None:
+        return self._get(relpath, Range=f"bytes=-{size}")
+
+    def _get(self, relpath: str, **options) -> bytes | None:
+        """The object's bytes (a range of them with Range=...), None when there is no such object."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self._client().get_object(Bucket=self.bucket, Key=self._key(relpath))["Body"].read()
-        except (BotoCoreError, ClientError) as exc:
+            return self._client().get_object(Bucket=self.bucket, Key=self._key(relpath), **options)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                return None
             raise StorageError(f"could not read {self._location(relpath)}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"could not reach S3 for {self._location(relpath)}: {exc}") from exc
 
     def _exists(self, relpath: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -315,22 +332,9 @@ class S3ParquetIOManager(_PartitionedStore, dg.ConfigurableIOManager):
             self._client().head_object(Bucket=self.bucket, Key=self._key(relpath))
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
                 return False
             raise StorageError(f"could not check {self._location(relpath)}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"could not reach S3 for {self._location(relpath)}: {exc}") from exc
-
-    def _read_tail(self, relpath: str, size: int) -> bytes | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            response = self._client().get_object(Bucket=self.bucket, Key=self._key(relpath), Range=f"bytes=-{size}")
-            return response["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise StorageError(f"could not read {self._location(relpath)}: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"could not reach S3 for {self._location(relpath)}: {exc}") from exc
 
