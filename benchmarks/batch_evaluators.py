@@ -74,20 +74,11 @@ def ort_python(venv: Path) -> Path:
     """The virtualenv's python, with ONNX Runtime, onnxmltools and this project's xgboost version."""
     import xgboost
 
-    python = venv / "bin" / "python"
-    wanted = [*ORT_PACKAGES, f"xgboost=={xgboost.__version__}", "numpy"]
+    from serving_benchmark import throwaway_venv  # this folder is on sys.path when a script here runs
+
     probe = "import onnxruntime, onnxmltools, xgboost; print(xgboost.__version__)"
-    if python.exists():
-        found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
-        if found.returncode == 0 and found.stdout.strip() == xgboost.__version__:
-            return python
-    print(f"installing {' '.join(wanted)} into {venv} (its own virtualenv) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *wanted],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"pip could not install ONNX Runtime into {venv}:\n{done.stderr[-2000:]}")
-    return python
+    return throwaway_venv(venv, [*ORT_PACKAGES, f"xgboost=={xgboost.__version__}", "numpy"], probe,
+                          xgboost.__version__)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,21 +191,27 @@ MLSERVER_VERSION = "1.7.1"
 MLSERVER_PACKAGES = (f"mlserver=={MLSERVER_VERSION}", f"mlserver-xgboost=={MLSERVER_VERSION}")
 
 
-def mlserver_venv(venv: Path) -> Path:
-    """The `mlserver` command of `venv`, installing MLServer there first if needed (minutes, once)."""
+def throwaway_venv(venv: Path, packages: list[str], probe: str, wanted: str) -> Path:
+    """The python of `venv`, a virtualenv of its own (never the project's) holding `packages`:
+    made and filled by pip unless running `probe` there already prints `wanted` (minutes, once)."""
     python = venv / "bin" / "python"
-    probe = ("import importlib.metadata as m; "
-             "print(m.version('mlserver'), m.version('mlserver-xgboost'))")
     if python.exists():
         found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
-        if found.returncode == 0 and found.stdout.split() == [MLSERVER_VERSION, MLSERVER_VERSION]:
-            return venv / "bin" / "mlserver"
-    print(f"installing {' '.join(MLSERVER_PACKAGES)} into {venv} (its own virtualenv) ...", flush=True)
+        if found.returncode == 0 and found.stdout.strip() == wanted:
+            return python
+    print(f"installing {' '.join(packages)} into {venv} (its own virtualenv) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           *MLSERVER_PACKAGES], capture_output=True, text=True)
+                           *packages], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"pip could not install MLServer into {venv}:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"pip could not install {' '.join(packages)} into {venv}:\n{done.stderr[-2000:]}")
+    return python
+
+
+def mlserver_venv(venv: Path) -> Path:
+    """The `mlserver` command of `venv`, installing MLServer there first if needed."""
+    probe = "import importlib.metadata as m; print(m.version('mlserver'), m.version('mlserver-xgboost'))"
+    throwaway_venv(venv, list(MLSERVER_PACKAGES), probe, f"{MLSERVER_VERSION} {MLSERVER_VERSION}")
     return venv / "bin" / "mlserver"
 
 
