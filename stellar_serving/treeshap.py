@@ -44,17 +44,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
+
+from stellar_serving import c_library, tree_model
 
 PROBE_TOLERANCE = 1e-5  # largest contribution difference from XGBoost's pred_contribs allowed on probe rows
 MAX_DEPTH = 30  # the C code's scratch arrays; deeper trees are refused (XGBoost answers)
@@ -152,23 +148,10 @@ class ExplainerUnavailable(RuntimeError):
 @functools.cache
 def _library(compiler: str, points: int) -> ctypes.CDLL:
     """The C code compiled once per process, compiler and quadrature size (the arrays are arguments)."""
-    source = SOURCE % {"max_depth": MAX_DEPTH, "points": points}
-    digest = hashlib.sha256(f"{source}|{compiler}".encode()).hexdigest()[:16]
-    folder = Path(tempfile.mkdtemp(prefix="stellar-treeshap-"))
     try:
-        source_file, library = folder / f"treeshap-{digest}.c", folder / f"treeshap-{digest}.so"
-        source_file.write_text(source)
-        try:
-            done = subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(library), str(source_file), "-lm"],
-                                  capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ExplainerUnavailable(f"no C compiler for TreeSHAP: {compiler!r} cannot be run ({exc})") from None
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
-            raise ExplainerUnavailable(f"compiling TreeSHAP with {compiler!r} failed: {last}")
-        lib = ctypes.CDLL(str(library))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # a loaded library stays mapped: nothing is left behind
+        lib = c_library.build(SOURCE % {"max_depth": MAX_DEPTH, "points": points}, compiler, "TreeSHAP")
+    except c_library.CBuildFailed as exc:
+        raise ExplainerUnavailable(str(exc)) from None
     lib.treeshap.restype = None
     lib.treeshap.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
                              *[ctypes.c_void_p] * len(ARRAYS), ctypes.c_int32, ctypes.c_void_p]
@@ -191,23 +174,16 @@ class FlatTrees:
     """A booster's trees as the arrays the C code reads (see SOURCE and ARRAYS)."""
 
     def __init__(self, booster) -> None:
-        learner = json.loads(bytes(booster.save_raw(raw_format="json")))["learner"]
-        objective = learner["objective"]["name"]
-        if objective not in SUPPORTED_OBJECTIVES:
-            raise ExplainerUnavailable(f"C TreeSHAP supports objectives {SUPPORTED_OBJECTIVES}, not {objective!r}")
-        if learner["gradient_booster"].get("name") != "gbtree":
-            raise ExplainerUnavailable(f"C TreeSHAP supports gbtree boosters, not "
-                                       f"{learner['gradient_booster'].get('name')!r}")
-        model = learner["gradient_booster"]["model"]
-        self.n_features = int(learner["learner_model_param"]["num_feature"])
-        self.n_groups = max(1, int(learner["learner_model_param"]["num_class"]))
+        try:
+            model = tree_model.read(booster, SUPPORTED_OBJECTIVES, "C TreeSHAP")
+        except tree_model.UnsupportedModel as exc:
+            raise ExplainerUnavailable(str(exc)) from None
+        self.n_features, self.n_groups = model.n_features, model.n_groups
         columns: dict[str, list] = {name: [] for name in (*PER_NODE, *PER_LEAF, *PER_UNIQUE)}
         node_begin, leaf_begin = [0], [0]
         expected = np.zeros(self.n_groups, dtype=np.float64)
-        groups = [int(g) for g in model["tree_info"]]
-        for tree, group in zip(model["trees"], groups):
-            if any(tree.get("split_type", [])):
-                raise ExplainerUnavailable("C TreeSHAP handles numeric splits only; the model has categorical ones")
+        groups = model.groups
+        for tree, group in zip(model.trees, groups):
             expected[group] += _lay_out_tree(tree, columns)
             node_begin.append(len(columns["node_feature"]))
             leaf_begin.append(len(columns["leaf_value"]))
@@ -219,7 +195,7 @@ class FlatTrees:
         points, weights = (nodes + 1) / 2, weights / 2  # from [-1, 1] to [0, 1]
         arrays = {**columns, "tree_group": groups, "node_begin": node_begin, "leaf_begin": leaf_begin,
                   "points": points, "weights": weights, "cold_weights": weights / (1 - points),
-                  "bias": _base_margins(learner["learner_model_param"]["base_score"], self.n_groups) + expected}
+                  "bias": model.base_margins + expected}
         for name, dtype in ARRAYS.items():
             setattr(self, name, np.ascontiguousarray(arrays[name], dtype=dtype))
 
@@ -264,16 +240,6 @@ def _lay_out_tree(tree: dict, columns: dict) -> float:
         columns["leaf_value"].append(value)
         expected += reach * value
     return expected
-
-
-def _base_margins(base_score: str, n_groups: int) -> np.ndarray:
-    """The model's intercept per class: a scalar or "[a,b,c]" in the JSON (margins for multi:soft*)."""
-    values = [float(v) for v in str(base_score).strip("[]").split(",") if v.strip()]
-    if len(values) == 1:
-        values = values * n_groups
-    if len(values) != n_groups:
-        raise ExplainerUnavailable(f"base_score {base_score!r} does not give one margin per class ({n_groups})")
-    return np.asarray(values, dtype=np.float64)
 
 
 class TreeShap:

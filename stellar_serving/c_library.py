@@ -1,0 +1,45 @@
+"""A few lines of generated C compiled into a shared library and loaded, for this process.
+
+The C TreeSHAP (treeshap.py) and the tree kernel (tree_kernel.py) are small,
+generic C sources: the model's trees are arguments (arrays), not code, so a
+source is compiled once per process and compiler (about half a second), in a
+temporary folder that is removed at once (a loaded library stays mapped).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+COMPILE_TIMEOUT_SECONDS = 120
+
+
+class CBuildFailed(RuntimeError):
+    """The source could not be compiled or loaded; the message says why in one sentence."""
+
+
+def build(source: str, compiler: str, what: str) -> ctypes.CDLL:
+    """`source` compiled with `compiler` (-O3, shared) and loaded; CBuildFailed names `what` and why."""
+    digest = hashlib.sha256(f"{source}|{compiler}".encode()).hexdigest()[:16]
+    folder = Path(tempfile.mkdtemp(prefix="stellar-c-"))
+    try:
+        source_file, library = folder / f"{digest}.c", folder / f"{digest}.so"
+        source_file.write_text(source)
+        try:
+            done = subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(library), str(source_file), "-lm"],
+                                  capture_output=True, text=True, timeout=COMPILE_TIMEOUT_SECONDS)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CBuildFailed(f"no C compiler for {what}: {compiler!r} cannot be run ({exc})") from None
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
+            raise CBuildFailed(f"compiling {what} with {compiler!r} failed: {last}")
+        try:
+            return ctypes.CDLL(str(library))
+        except OSError as exc:
+            raise CBuildFailed(f"the compiled {what} library cannot be loaded: {exc}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
