@@ -27,6 +27,7 @@ from stellar_core.contract import DEFAULT_MODEL_NAME  # noqa: E402
 
 AUTH_SCOPES = ("all", "admin")
 COMPILED_PREDICTOR_MODES = ("auto", "off")
+TREE_KERNEL_MODES = ("auto", "off")
 EXPLAINER_MODES = ("auto", "xgboost")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -81,20 +82,27 @@ class ServingConfig:
     max_client_id_chars: int = _env(
         "STELLAR_MAX_CLIENT_ID_CHARS", 256, "longest client_id accepted (longer: INVALID_ARGUMENT)")
     predict_threads: int = _env(
-        "STELLAR_PREDICT_THREADS", 0, "booster threads for large batches (0: all cores)")
+        "STELLAR_PREDICT_THREADS", 0,
+        "threads for large batches: XGBoost's, and the tree kernel's (it uses at most 2) (0: all cores)")
     parallel_batch_min: int = _env(
         "STELLAR_PARALLEL_BATCH_MIN", 256,
         "smaller requests predict on one thread (OpenMP start-up costs more than it saves, and stalls under load)")
+    tree_kernel: str = _env(
+        "STELLAR_TREE_KERNEL", "auto",
+        "auto: every request is answered by the tree kernel (XGBoost's arithmetic in C over the trees as arrays, "
+        "built when a version loads, checked against XGBoost on probe rows); off: the compiled predictor or "
+        "XGBoost answers (as they do for a model the kernel cannot take)")
     compiled_predictor: str = _env(
         "STELLAR_COMPILED_PREDICTOR", "auto",
-        "auto: compile each model version's trees to C (tl2cgen, in the background, cached) for small requests; "
-        "off: XGBoost answers every request")
+        "auto: where there is no tree kernel, compile each model version's trees to C (tl2cgen, in the "
+        "background, cached) for small requests; off: XGBoost answers every request the kernel does not")
     compiled_max_rows: int = _env(
         "STELLAR_COMPILED_MAX_ROWS", 32,
         "requests with fewer rows use the compiled predictor, larger ones XGBoost (measured crossover: "
         "benchmarks/compiled_predictor.py)")
     compiled_compiler: str = _env(
-        "STELLAR_COMPILED_PREDICTOR_CC", "gcc", "C compiler tl2cgen runs (gcc or clang, or a path to one)")
+        "STELLAR_COMPILED_PREDICTOR_CC", "gcc",
+        "C compiler for the tree kernel, tl2cgen and C TreeSHAP (gcc or clang, or a path to one)")
     explainer: str = _env(
         "STELLAR_EXPLAINER", "auto",
         "auto: Explain answers with exact C TreeSHAP (compiled with STELLAR_COMPILED_PREDICTOR_CC in the "
@@ -150,11 +158,13 @@ class ServingConfig:
         if self.compiled_predictor not in COMPILED_PREDICTOR_MODES:
             problems.append(f"STELLAR_COMPILED_PREDICTOR must be one of {COMPILED_PREDICTOR_MODES}, "
                             f"got {self.compiled_predictor!r}")
+        if self.tree_kernel not in TREE_KERNEL_MODES:
+            problems.append(f"STELLAR_TREE_KERNEL must be one of {TREE_KERNEL_MODES}, got {self.tree_kernel!r}")
         if self.explainer not in EXPLAINER_MODES:
             problems.append(f"STELLAR_EXPLAINER must be one of {EXPLAINER_MODES}, got {self.explainer!r}")
         compiler = self.compiled_compiler
         # tl2cgen runs the compiler through the shell: a space or a shell character would split or run other things.
-        compiles = self.compiled_predictor != "off" or self.explainer == "auto"
+        compiles = self.compiled_predictor != "off" or self.explainer == "auto" or self.tree_kernel == "auto"
         if compiles and (not compiler or not all(c.isalnum() or c in "/._+-" for c in compiler)):
             problems.append(f"STELLAR_COMPILED_PREDICTOR_CC must name a C compiler (a command or path of letters, "
                             f"digits and / . _ + -), got {compiler!r}")

@@ -19,7 +19,12 @@
   `request_reload()` joins a reload that has not read the alias yet, or queues
   one to run after the current one: a caller never gets an answer read before
   it asked (the poller, which does not care, joins the running one).
-- Small requests (fewer than STELLAR_COMPILED_MAX_ROWS rows) go to the
+- Every request goes to the tree kernel (tree_kernel.py: XGBoost's
+  arithmetic in a few lines of C over the trees laid out as arrays), built
+  when the version is loaded (about half a second, off the request path) and
+  checked against XGBoost on probe rows. Where it cannot be built (a model too
+  deep for its padded arrays, no compiler, STELLAR_TREE_KERNEL=off), small
+  requests (fewer than STELLAR_COMPILED_MAX_ROWS rows) go to the
   version's trees compiled to C (compiled.py) once they are ready: a library
   in the model cache is loaded with the version; otherwise XGBoost answers
   while the compile thread builds one (in a child process that stop() ends),
@@ -55,7 +60,7 @@ from stellar_core.features import derive_feature_matrix
 from stellar_mlflow.names import TAG_WINDOW_FIRST, TAG_WINDOW_LAST
 from stellar_core.model_bundle import ContractMismatch, ModelBundle
 
-from stellar_serving import compiled
+from stellar_serving import compiled, tree_kernel
 from stellar_serving.booster_call import DensePredictor, Predict
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
@@ -90,6 +95,7 @@ PROBABILITY_SUM_TOLERANCE = 1e-3
 
 PREDICTOR_XGBOOST = "xgboost"
 PREDICTOR_COMPILED = "compiled"
+PREDICTOR_KERNEL = "tree_kernel"
 COMPILING_NOTE = "compiling the trees in the background; XGBoost answers until the compiled predictor is ready"
 OFF_NOTE = "compiled predictor off (STELLAR_COMPILED_PREDICTOR=off): XGBoost answers every request"
 
@@ -117,7 +123,10 @@ class LoadedModel:
     # The trees compiled to C (compiled.py), for requests of fewer than compiled_max_rows rows.
     predict_compiled: Predict | None = field(default=None, repr=False, compare=False)
     compiled_max_rows: int = 0
-    predictor: str = PREDICTOR_XGBOOST  # what answers small requests: "compiled" or "xgboost"
+    # The tree kernel (tree_kernel.py): when built, it answers every request.
+    predict_kernel: Predict | None = field(default=None, repr=False, compare=False)
+    kernel_note: str = ""  # why there is no tree kernel ("" when there is one, or it is switched off)
+    predictor: str = PREDICTOR_XGBOOST  # what answers small requests: "tree_kernel", "compiled" or "xgboost"
     predictor_note: str = ""  # one sentence: why that one (or that the compiled one is on its way)
 
     @property
@@ -129,6 +138,14 @@ class LoadedModel:
         return self.bundle.contract
 
     @property
+    def predictor_account(self) -> str:
+        """What answers and why, for GetModelInfo: the predictor's note, and why the tree kernel does not."""
+        if not self.kernel_note:
+            return self.predictor_note
+        return f"{self.predictor_note} (no tree kernel: {self.kernel_note})" if self.predictor_note else (
+            f"no tree kernel: {self.kernel_note}")
+
+    @property
     def compiling(self) -> bool:
         """Whether the compile thread is still building this version's compiled predictor."""
         return self.predictor_note == COMPILING_NOTE
@@ -136,7 +153,9 @@ class LoadedModel:
     def predict_proba(self, inputs: np.ndarray) -> np.ndarray:
         """float32 [n, 6] raw inputs -> float32 [n, 3]: derive_feature_matrix, then the booster."""
         rows = len(inputs)
-        if self.predict_compiled is not None and rows < self.compiled_max_rows:
+        if self.predict_kernel is not None:
+            predict = self.predict_kernel
+        elif self.predict_compiled is not None and rows < self.compiled_max_rows:
             predict = self.predict_compiled
         else:
             predict = self.predict_small if rows < self.parallel_batch_min else self.predict_large
@@ -383,6 +402,7 @@ class ModelStore:
         predict_large = DensePredictor.for_booster(bundle.booster, len(CLASSES), probes)
         _check_probabilities(predict_small(probes[:1]), 1, "the one-thread prediction")
         _check_probabilities(predict_large(probes), len(probes), "the prediction")
+        kernel, kernel_note = self._tree_kernel(bundle.booster, predict_small, str(meta["version"]))
         return LoadedModel(
             name=meta.get("name", self.config.model_name), version=str(meta["version"]),
             alias=meta.get("alias", self.config.model_alias), run_id=meta.get("run_id", ""),
@@ -390,7 +410,27 @@ class ModelStore:
             training_window=(window[0] or "", window[1] or ""), metrics=metrics,
             predict_small=predict_small, predict_large=predict_large,
             parallel_batch_min=self.config.parallel_batch_min,
+            predict_kernel=kernel, kernel_note=kernel_note,
+            **({"predictor": PREDICTOR_KERNEL, "predictor_note": _kernel_note(kernel)} if kernel else {}),
         )
+
+    def _tree_kernel(self, booster, reference: Predict, version: str) -> tuple[Predict | None, str]:
+        """The version's tree kernel, checked against `reference` (XGBoost); else None and why not."""
+        if self.config.tree_kernel == "off":
+            self._count_kernel("off")
+            return None, ""
+        try:
+            kernel = tree_kernel.build(booster, reference, _kernel_probe_features(), self.config.compiled_compiler,
+                                       threads=self.config.predict_threads or None)
+        except Exception as exc:  # KernelUnavailable, or anything else: XGBoost (or tl2cgen) answers
+            reason = str(exc) if isinstance(exc, tree_kernel.KernelUnavailable) else (
+                f"building the tree kernel failed: {type(exc).__name__}: {_short(exc)}")
+            self._count_kernel("unavailable")
+            log.warning("no tree kernel for v%s: %s", version, reason,
+                        extra={"event": "tree_kernel_fallback", "model_version": version})
+            return None, reason
+        self._count_kernel("built")
+        return kernel, ""
 
     def _swap(self, model: LoadedModel) -> None:
         with self._swap_lock:
@@ -412,6 +452,8 @@ class ModelStore:
     def _with_predictor(self, model: LoadedModel) -> tuple[LoadedModel, Callable[[], None] | None]:
         """`model` with its compiled predictor when the cache has one; else on XGBoost, with
         the compile job to start once it serves (None: nothing to compile)."""
+        if model.predict_kernel is not None:
+            return model, None  # the kernel answers every request: nothing to compile
         if self.config.compiled_predictor == "off":
             self._count_compile("off")
             return replace(model, predictor_note=OFF_NOTE), None
@@ -490,6 +532,10 @@ class ModelStore:
         if self.metrics is not None:
             self.metrics.compiles.labels(outcome).inc()
 
+    def _count_kernel(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.tree_kernels.labels(outcome).inc()
+
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.reloads.labels(outcome).inc()
@@ -510,6 +556,18 @@ def _compiled_probe_features() -> np.ndarray:
     high = np.array([INPUT_RANGES[n][1] for n in MODEL_INPUTS])
     random = derive_feature_matrix((low + rng.random((192, len(MODEL_INPUTS))) * (high - low)).astype(np.float32))
     return np.ascontiguousarray(np.concatenate([_probe_features(), random]), dtype=np.float32)
+
+
+def _kernel_probe_features() -> np.ndarray:
+    """The compiled predictor's probes, and rows with missing values: every branch of the kernel's walk."""
+    from stellar_serving.treeshap import probe_features
+
+    return np.ascontiguousarray(np.concatenate([_compiled_probe_features(), probe_features()[-16:]]))
+
+
+def _kernel_note(kernel) -> str:
+    return (f"the tree kernel answers every request (XGBoost's arithmetic over the trees as arrays, built at load; "
+            f"largest difference from XGBoost on probe rows {kernel.probe_difference:.3g})")
 
 
 def _check_probabilities(proba: np.ndarray, n: int, what: str) -> None:

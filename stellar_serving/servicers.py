@@ -377,7 +377,7 @@ def model_info(model: LoadedModel) -> pb.GetModelInfoResponse:
         training_window_first_week=model.training_window[0], training_window_last_week=model.training_window[1],
         metrics=model.metrics, source=model.source,
         # The model store names its predictor once it can choose one (XGBoost until then).
-        predictor=getattr(model, "predictor", "xgboost"), predictor_note=getattr(model, "predictor_note", ""),
+        predictor=getattr(model, "predictor", "xgboost"), predictor_note=getattr(model, "predictor_account", ""),
         contract=pb.FeatureContract(
             contract_version=int(contract.get("contract_version", CONTRACT_VERSION)),
             inputs=contract.get("inputs", list(MODEL_INPUTS)),

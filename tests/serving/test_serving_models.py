@@ -9,6 +9,7 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stellar_core.features import derive_feature_matrix
@@ -91,9 +92,14 @@ def test_reload_rpc_and_alias_polling_swap_the_champion(make_server, registry):
     assert poll_conn.version() == "1"
 
 
-def test_swap_under_concurrent_load_fails_nothing_and_never_mixes_models(make_server, registry, sample_inputs):
+# Each fast predictor in turn: the tree kernel (the default), and tl2cgen's compiled trees where it is off.
+FAST_PREDICTORS = {"tree_kernel": {}, "compiled": {"tree_kernel": "off"}}
+
+
+@pytest.mark.parametrize("fast", list(FAST_PREDICTORS))
+def test_swap_under_concurrent_load_fails_nothing_and_never_mixes_models(make_server, registry, sample_inputs, fast):
     registry.set_champion("1")
-    server = make_server(max_workers=12, compiled_predictor="auto")
+    server = make_server(max_workers=12, compiled_predictor="auto", **FAST_PREDICTORS[fast])
     assert not np.allclose(registry.expected("1", sample_inputs[:200]), registry.expected("2", sample_inputs[:200]))
     stop = threading.Event()
     answers: list[tuple[str, np.ndarray, np.ndarray]] = []  # (version, inputs, probabilities)
@@ -149,11 +155,12 @@ def test_swap_under_concurrent_load_fails_nothing_and_never_mixes_models(make_se
     assert {version for version, _, _ in answers} == {"1", "2"}
     assert len(answers) > 50
     for version, inputs, probabilities in answers:
-        # Each answer is what the version it names computes for its objects: XGBoost's bits, or
-        # the compiled trees' (within 1e-5 of them) once they are ready; the versions differ far more.
+        # Each answer is what the version it names computes for its objects: XGBoost's bits (the tree
+        # kernel's are the same), or the compiled trees' (within 1e-5 of them) once they are ready; the
+        # versions differ far more.
         assert np.abs(probabilities - registry.expected(version, inputs)).max() <= 1e-5
 
-    # Every version served, with its compiled predictor ready, answers as its XGBoost model does.
+    # Every version served, with its fast predictor ready, answers as its XGBoost model does.
     for version in ("1", "2"):
         registry.set_champion(version)
         assert conn.stub.ReloadModel(pb.ReloadModelRequest(), timeout=30).version == version
@@ -161,16 +168,20 @@ def test_swap_under_concurrent_load_fails_nothing_and_never_mixes_models(make_se
         while server.store.current.predictor_note.startswith("compiling") and time.monotonic() < deadline:
             time.sleep(0.1)
         model = server.store.current
-        assert (model.version, model.predictor) == (version, "compiled"), model.predictor_note
+        assert (model.version, model.predictor) == (version, fast), model.predictor_note
+        predict = model.predict_kernel if fast == "tree_kernel" else model.predict_compiled
         for rows in (1, 7, 64, 1000):
             inputs = sample_inputs[300:300 + rows]
-            compiled = model.predict_compiled(derive_feature_matrix(inputs))
-            assert np.abs(compiled - registry.expected(version, inputs)).max() <= 1e-5
+            got = predict(derive_feature_matrix(inputs))
+            if fast == "tree_kernel":
+                np.testing.assert_array_equal(got, registry.expected(version, inputs))
+            else:
+                assert np.abs(got - registry.expected(version, inputs)).max() <= 1e-5
         inputs = sample_inputs[:7]
         batch = conn.stub.ClassifyBatch(pb.ClassifyBatchRequest(objects=to_objects(inputs)), timeout=10)
         answered = np.array([probabilities_of(r) for r in batch.results], dtype=np.float32)
         assert batch.model_version == version
-        assert answered.tolist() == model.predict_compiled(derive_feature_matrix(inputs)).tolist()
+        assert answered.tolist() == predict(derive_feature_matrix(inputs)).tolist()
         assert np.abs(answered - registry.expected(version, inputs)).max() <= 1e-5
     registry.set_champion("1")
 
