@@ -1,34 +1,32 @@
-"""Compiled trees (tl2cgen) against XGBoost, in one process, on the same rows.
+"""The served tree kernel and tl2cgen's compiled trees against XGBoost, in one process, on the same rows.
 
-    .venv/bin/python benchmarks/compiled_predictor.py [--model-rounds 400] [--repeats 5]
+    .venv/bin/python benchmarks/compiled_predictor.py [--model-rounds 400] [--repeats 5] [--cold]
 
 Trains the serving benchmark's champion (multi:softprob, depth 6, eta 0.1) on
-the SDSS sample, compiles it with stellar_serving.compiled (timed), then
-measures, in interleaved repeats, the three predictors the server can use:
+the SDSS sample, builds the tree kernel (stellar_serving.tree_kernel, timed)
+and compiles the model with stellar_serving.compiled (timed), then measures, in
+interleaved repeats, the predictors the server can use:
 
-  xgboost 1 thread   booster_call.DensePredictor on a one-thread copy (small requests today)
-  xgboost all cores  booster_call.DensePredictor on the booster (requests of STELLAR_PARALLEL_BATCH_MIN rows or more)
-  compiled           compiled.CompiledPredictor (one thread, row by row)
+  xgboost 1 thread   booster_call.DensePredictor on a one-thread copy
+  xgboost all cores  booster_call.DensePredictor on the booster
+  compiled           compiled.CompiledPredictor (tl2cgen; one thread, row by row)
+  kernel 1 thread    tree_kernel.TreeKernel on one thread
+  kernel             tree_kernel.TreeKernel as served (two threads from 256 rows)
 
 for requests of 1 to 1000 rows, and prints the median time per call and the
-ratio to the faster XGBoost predictor of the same size. The first size where
-compiled is no longer faster is the STELLAR_COMPILED_MAX_ROWS to choose.
+ratios of the served kernel to the faster XGBoost predictor and to compiled.
 
 In a server, the trees are not in the CPU's caches when a request comes: the
 gRPC and Python work between two calls evicts them (the compiled library of a
-400-round model is ~1.8 MB of code). `--cold` also times one-row calls after
-evicting the caches (reading a 32 MB buffer), which is what a served call pays.
-
-`--flat` adds a prototype that is not served: the trees as flat arrays
-(complete binary trees in level order, 16 trees walked side by side so their
-cache misses overlap), evaluated by a few lines of generic C compiled with the
-same compiler. It measures how much a compact layout would save against the
-compiled code; its answers are checked against XGBoost like the others.
+400-round model is ~1.8 MB of code, the kernel's arrays 0.9 MB of data).
+`--cold` also times one-row calls after evicting the caches (reading a 32 MB
+buffer), which is what a served call pays.
 `--explain` times what the Explain RPC computes for one object: XGBoost's
 exact TreeSHAP (`pred_contribs`) on a one-thread copy of the booster, for the
 first 1, 100, 200 and all rounds (its cost per round), and with the rounds
 split over two threads (two sliced boosters, contributions summed).
-Timings are printed, never asserted.
+Timings are printed, never asserted; the kernel's and compiled's largest
+differences from XGBoost on 2000 rows are printed beside them.
 """
 
 from __future__ import annotations
@@ -73,120 +71,6 @@ def median_call_seconds(predict, chunks: list[np.ndarray]) -> float:
         predict(rows)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
-
-
-# The --flat prototype: one generic evaluator for any model laid out as complete trees.
-FLAT_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#define LANES 16
-/* Tree t's internal node i (level order, children 2i+1 and 2i+2) is at t * n_internal + i;
-   missing values go right where default_right is 1 (XGBoost: x < threshold goes left). */
-static int64_t walk(const float* x, int64_t node0, int64_t i, const float* thresholds, const uint8_t* features,
-                    const uint8_t* default_right) {
-  const int64_t node = node0 + i;
-  const float v = x[features[node]];
-  const int right = isnan(v) ? default_right[node] : !(v < thresholds[node]);
-  return 2 * i + 1 + right;
-}
-void predict_margins(const float* rows, int64_t n_rows, int64_t n_features, const float* thresholds,
-                     const uint8_t* features, const uint8_t* default_right, const float* leaves,
-                     const int32_t* groups, int64_t n_trees, int32_t depth, const float* base, int32_t n_groups,
-                     float* out) {
-  const int64_t n_internal = ((int64_t)1 << depth) - 1, n_leaves = (int64_t)1 << depth;
-  for (int64_t r = 0; r < n_rows; ++r) {
-    const float* x = rows + r * n_features;
-    float* o = out + r * n_groups;
-    for (int32_t g = 0; g < n_groups; ++g) o[g] = base[g];
-    int64_t t = 0;
-    for (; t + LANES <= n_trees; t += LANES) {  /* LANES independent walks: their cache misses overlap */
-      int64_t at[LANES] = {0};
-      for (int32_t d = 0; d < depth; ++d)
-        for (int j = 0; j < LANES; ++j) at[j] = walk(x, (t + j) * n_internal, at[j], thresholds, features, default_right);
-      for (int j = 0; j < LANES; ++j) o[groups[t + j]] += leaves[(t + j) * n_leaves + at[j] - n_internal];
-    }
-    for (; t < n_trees; ++t) {
-      int64_t i = 0;
-      for (int32_t d = 0; d < depth; ++d) i = walk(x, t * n_internal, i, thresholds, features, default_right);
-      o[groups[t]] += leaves[t * n_leaves + i - n_internal];
-    }
-  }
-}
-"""
-
-
-class FlatTrees:
-    """The --flat prototype: XGBoost's trees padded to complete trees of the model's depth, as arrays."""
-
-    def __init__(self, booster, folder: Path, compiler: str, probe: np.ndarray) -> None:
-        import ctypes
-        import json
-        import subprocess
-
-        model = json.loads(bytes(booster.save_raw(raw_format="json")))["learner"]["gradient_booster"]["model"]
-        trees = model["trees"]
-        if any(any(tree.get("split_type", [])) for tree in trees):
-            raise ValueError("the --flat prototype handles numeric splits only")
-        self.depth = max(_depth(tree, 0) for tree in trees)
-        n_internal, n_leaves = 2 ** self.depth - 1, 2 ** self.depth
-        self.thresholds = np.full((len(trees), n_internal), np.inf, dtype=np.float32)  # padding: always left
-        self.features = np.zeros((len(trees), n_internal), dtype=np.uint8)
-        self.default_right = np.zeros((len(trees), n_internal), dtype=np.uint8)
-        self.leaves = np.zeros((len(trees), n_leaves), dtype=np.float32)
-        for t, tree in enumerate(trees):
-            self._lay_out(t, tree, 0, 0, 0)
-        self.groups = np.asarray(model["tree_info"], dtype=np.int32)
-        self.n_groups = int(self.groups.max()) + 1
-        source, library = folder / "flat.c", folder / "flat.so"
-        source.write_text(FLAT_SOURCE)
-        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
-        self._lib = ctypes.CDLL(str(library))
-        fn = self._lib.predict_margins
-        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-        fn.argtypes = [p, i64, i64, p, p, p, p, p, i64, i32, p, i32, p]
-        fn.restype = None
-        self._fn = fn
-        # The base margin (XGBoost's intercept), read off XGBoost's own margins on probe rows.
-        import xgboost as xgb
-
-        margins = booster.predict(xgb.DMatrix(probe), output_margin=True, validate_features=False)
-        self.base = np.zeros(self.n_groups, dtype=np.float32)  # margins() below then sums the leaves alone
-        self.base = np.median(margins - self.margins(probe), axis=0).astype(np.float32)
-
-    def _lay_out(self, t: int, tree: dict, node: int, slot: int, level: int) -> None:
-        left = tree["left_children"][node]
-        if left == -1:  # a leaf above the last level fills every leaf slot below its slot
-            first = last = slot
-            for _ in range(self.depth - level):
-                first, last = 2 * first + 1, 2 * last + 2
-            n_internal = 2 ** self.depth - 1
-            self.leaves[t, first - n_internal:last - n_internal + 1] = tree["split_conditions"][node]
-            return
-        self.thresholds[t, slot] = tree["split_conditions"][node]
-        self.features[t, slot] = tree["split_indices"][node]
-        self.default_right[t, slot] = 0 if tree["default_left"][node] else 1
-        self._lay_out(t, tree, left, 2 * slot + 1, level + 1)
-        self._lay_out(t, tree, tree["right_children"][node], 2 * slot + 2, level + 1)
-
-    def margins(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        out = np.empty((len(rows), self.n_groups), dtype=np.float32)
-        self._fn(rows.ctypes.data, len(rows), rows.shape[1], self.thresholds.ctypes.data, self.features.ctypes.data,
-                 self.default_right.ctypes.data, self.leaves.ctypes.data, self.groups.ctypes.data, len(self.groups),
-                 self.depth, self.base.ctypes.data, self.n_groups, out.ctypes.data)
-        return out
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        margins = self.margins(rows)
-        exp = np.exp(margins - margins.max(axis=1, keepdims=True))  # softmax, as multi:softprob
-        return exp / exp.sum(axis=1, keepdims=True)
-
-
-def _depth(tree: dict, node: int) -> int:
-    left = tree["left_children"][node]
-    if left == -1:
-        return 0
-    return 1 + max(_depth(tree, left), _depth(tree, tree["right_children"][node]))
 
 
 ROW_STRIDE = 7  # a different row each call (a prime, so every row comes round)
@@ -242,12 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved measurement rounds")
     parser.add_argument("--compiler", default="gcc")
     parser.add_argument("--cold", action="store_true", help="also time one-row calls after evicting the caches")
-    parser.add_argument("--flat", action="store_true",
-                        help="also measure the flat-array prototype (not served; see the module's doc)")
     parser.add_argument("--explain", action="store_true", help="also time TreeSHAP for one object (see above)")
     args = parser.parse_args(argv)
 
-    from stellar_serving import compiled
+    from stellar_serving import compiled, tree_kernel
     from stellar_serving.booster_call import DensePredictor
 
     print(f"training a {args.model_rounds}-round model ...", flush=True)
@@ -266,10 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         compile_cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         fast = compiled.CompiledPredictor(path, rows.shape[1], 3)
         worst = compiled.max_difference(fast, xgb_one, rows[:2000])
-        predictors = {"xgboost 1 thread": xgb_one, "xgboost all cores": xgb_all, "compiled": fast}
-        if args.flat:
-            predictors["flat"] = flat = FlatTrees(booster, Path(tmp), args.compiler, rows[:256])
-            worst_flat = compiled.max_difference(flat, xgb_one, rows[:2000])
+        start = time.perf_counter()
+        kernel = tree_kernel.TreeKernel(booster, args.compiler)
+        kernel_seconds = time.perf_counter() - start
+        kernel_one = tree_kernel.TreeKernel(booster, args.compiler, threads=1)
+        worst_kernel = max(compiled.max_difference(k, xgb_one, rows[:2000]) for k in (kernel, kernel_one))
+        predictors = {"xgboost 1 thread": xgb_one, "xgboost all cores": xgb_all, "compiled": fast,
+                      "kernel 1 thread": kernel_one, "kernel": kernel}
         results: dict[tuple[str, int], list[float]] = {}
         cold: dict[str, list[float]] = {}
         for repeat in range(args.repeats):
@@ -284,17 +169,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{args.model_rounds}-round model, {os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.1f}; "
           f"compile: {compile_seconds:.1f} s wall, {compile_cpu:.1f} s CPU (at nice {compiled.COMPILE_NICENESS}); "
-          f"max |compiled - xgboost| on 2000 rows: {worst:.2g}"
-          + (f"; max |flat - xgboost|: {worst_flat:.2g}" if args.flat else "") + "\n")
-    flat_header = f" {'flat':>10} {'flat/compiled':>14}" if args.flat else ""
-    print(f"{'rows':>5} {'xgboost 1 thread':>17} {'xgboost all cores':>18} {'compiled':>10} {'compiled/best xgb':>18}"
-          + flat_header)
+          f"kernel built in {kernel_seconds:.2f} s; max |compiled - xgboost| on 2000 rows: {worst:.2g}, "
+          f"max |kernel - xgboost|: {worst_kernel:.2g}\n")
+    print(f"{'rows':>5}" + "".join(f" {name:>17}" for name in predictors) + f" {'kernel/best xgb':>16} "
+          f"{'kernel/compiled':>16}")
     for size in SIZES:
         ms = {name: 1e3 * float(np.median(results[(name, size)])) for name in predictors}
         best = min(ms["xgboost 1 thread"], ms["xgboost all cores"])
-        flat_cells = f" {ms['flat']:>7.3f} ms {ms['flat'] / ms['compiled']:>13.2f}x" if args.flat else ""
-        print(f"{size:>5} {ms['xgboost 1 thread']:>14.3f} ms {ms['xgboost all cores']:>15.3f} ms "
-              f"{ms['compiled']:>7.3f} ms {ms['compiled'] / best:>17.2f}x" + flat_cells)
+        print(f"{size:>5}" + "".join(f" {ms[name]:>14.3f} ms" for name in predictors)
+              + f" {ms['kernel'] / best:>15.2f}x {ms['kernel'] / ms['compiled']:>15.2f}x")
     if cold:
         print("\none row after evicting the caches (what a served call pays), median: "
               + ", ".join(f"{name} {1e3 * float(np.median(v)):.3f} ms" for name, v in cold.items()))

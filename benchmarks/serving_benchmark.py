@@ -9,8 +9,9 @@ model.ubj) as their own processes, and measures these paths in interleaved
 rounds (every path once per round, so all see the same machine):
 
   floor        in-process derive_feature_matrix + the model: booster.inplace_predict
-               (the booster as trained, all cores; and a single-threaded copy) and
-               the same trees compiled to C (stellar_serving.compiled, or tl2cgen)
+               (the booster as trained, all cores; and a single-threaded copy), the
+               same trees compiled to C (stellar_serving.compiled, or tl2cgen), and the
+               tree kernel the server answers with (stellar_serving.tree_kernel)
   grpc unary   Classify, one object per call, concurrency 1 and 16
   health       grpc.health.v1 Check on the same server: the gRPC round trip with no model
   explain      Explain, one object per call (when the server has the RPC)
@@ -264,6 +265,19 @@ def compiled_floor(model_file: Path, folder: Path, reference, probe: np.ndarray,
     return predict, f"{how}, max difference from XGBoost {worst:.2g}"
 
 
+def kernel_floor(booster, reference, probe: np.ndarray):
+    """(features -> probabilities, how it was built), or (None, why not): the tree kernel, as the server builds it."""
+    try:
+        from stellar_serving import tree_kernel
+    except ImportError:
+        return None, "no stellar_serving.tree_kernel in this checkout"
+    try:
+        predict = tree_kernel.build(booster, reference, probe)
+    except Exception as exc:  # no compiler, a model it cannot take: the row is left out, said why
+        return None, f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+    return predict, f"stellar_serving.tree_kernel, max difference from XGBoost {predict.probe_difference:.2g}"
+
+
 def _tl2cgen_predictor(model_file: Path, library: Path, n_outputs: int):
     import tl2cgen
     import treelite
@@ -503,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         print("compiling the floor's trees ...", flush=True)
         compiled_predict, compiled_how = compiled_floor(model_file, work / "floor-compiled",
                                                         lambda x: single.inplace_predict(x), feats[:256], len(CLASSES))
+        kernel_predict, kernel_how = kernel_floor(bundle.booster, lambda x: single.inplace_predict(x), feats[:256])
         predictors = {"server": wait_for_predictor(stub, pb, args.compile_wait)}
         if pinned_cpus:
             predictors["pinned server"] = wait_for_predictor(pinned_stub, pb, args.compile_wait)
@@ -584,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
             *([Path_("floor, 1 object, compiled", "single",
                      lambda r: seq(floor_with(compiled_predict), singles(r, input_rows), 1))]
               if compiled_predict else []),
+            *([Path_("floor, 1 object, tree kernel", "single",
+                     lambda r: seq(floor_with(kernel_predict), singles(r, input_rows), 1))]
+              if kernel_predict else []),
             Path_("grpc Classify, concurrency 1", "single",
                   lambda r: seq(lambda q: stub.Classify(q, timeout=10), singles(r, classify_requests), 1)),
             Path_("grpc Classify, concurrency 16", "single",
@@ -610,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
             *([Path_(f"floor, {BATCH} objects, compiled", "batch",
                      lambda r: seq(floor_with(compiled_predict), batches(r, input_batches), BATCH))]
               if compiled_predict else []),
+            *([Path_(f"floor, {BATCH} objects, tree kernel", "batch",
+                     lambda r: seq(floor_with(kernel_predict), batches(r, input_batches), BATCH))]
+              if kernel_predict else []),
             Path_(f"grpc ClassifyBatch, {BATCH}/call", "batch",
                   lambda r: seq(lambda q: stub.ClassifyBatch(q, timeout=60), batches(r, batch_requests), BATCH)),
             Path_(f"grpc ClassifyStream, {BATCH}/message", "batch", stream_round),
@@ -661,8 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all(procs)
 
-    report(args, paths, n, loads, metrics_text, predictors, compiled_how, mlflow_matches, mlserver_matches,
-           pinned_cpus)
+    report(args, paths, n, loads, metrics_text, predictors, f"{compiled_how}; tree kernel floor: {kernel_how}",
+           mlflow_matches, mlserver_matches, pinned_cpus)
     return 0
 
 
