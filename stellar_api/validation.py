@@ -99,6 +99,13 @@ def objects_to_inputs(objects: Sequence, max_batch: int, what: str = "batch",
     return values.astype(np.float32)
 
 
+def inputs_in_range(values: np.ndarray) -> bool:
+    """Whether every value of float [n, 6] inputs (MODEL_INPUTS order) is finite and inside its physical range:
+    the inputs objects_to_inputs accepts, once every field is known to be present."""
+    with np.errstate(invalid="ignore"):
+        return bool(((values >= _LOW) & (values <= _HIGH)).all())  # NaN fails both comparisons
+
+
 def _check_client_ids(objects: Sequence, max_client_id: int, what: str, field: str) -> None:
     lengths = [len(obj.client_id) for obj in objects]
     longest = max(lengths)

@@ -27,7 +27,7 @@ from stellar_core.contract import DEFAULT_MODEL_NAME  # noqa: E402
 
 AUTH_SCOPES = ("all", "admin")
 COMPILED_PREDICTOR_MODES = ("auto", "off")
-TREE_KERNEL_MODES = ("auto", "off")
+TREE_KERNEL_MODES = ("auto", "off")  # also STELLAR_REQUEST_DECODER's
 EXPLAINER_MODES = ("auto", "xgboost")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -92,6 +92,10 @@ class ServingConfig:
         "auto: every request is answered by the tree kernel (XGBoost's arithmetic in C over the trees as arrays, "
         "built when a version loads, checked against XGBoost on probe rows); off: the compiled predictor or "
         "XGBoost answers (as they do for a model the kernel cannot take)")
+    request_decoder: str = _env(
+        "STELLAR_REQUEST_DECODER", "auto",
+        "auto: plainly valid ClassifyBatch and ClassifyStream requests are read from their bytes by a few lines "
+        "of C (compiled at start); any other request, and every request with off, is read by protobuf")
     compiled_predictor: str = _env(
         "STELLAR_COMPILED_PREDICTOR", "auto",
         "auto: where there is no tree kernel, compile each model version's trees to C (tl2cgen, in the "
@@ -160,11 +164,14 @@ class ServingConfig:
                             f"got {self.compiled_predictor!r}")
         if self.tree_kernel not in TREE_KERNEL_MODES:
             problems.append(f"STELLAR_TREE_KERNEL must be one of {TREE_KERNEL_MODES}, got {self.tree_kernel!r}")
+        if self.request_decoder not in TREE_KERNEL_MODES:
+            problems.append(f"STELLAR_REQUEST_DECODER must be one of {TREE_KERNEL_MODES}, got {self.request_decoder!r}")
         if self.explainer not in EXPLAINER_MODES:
             problems.append(f"STELLAR_EXPLAINER must be one of {EXPLAINER_MODES}, got {self.explainer!r}")
         compiler = self.compiled_compiler
         # tl2cgen runs the compiler through the shell: a space or a shell character would split or run other things.
-        compiles = self.compiled_predictor != "off" or self.explainer == "auto" or self.tree_kernel == "auto"
+        compiles = (self.compiled_predictor != "off" or self.explainer == "auto" or self.tree_kernel == "auto"
+                    or self.request_decoder == "auto")
         if compiles and (not compiler or not all(c.isalnum() or c in "/._+-" for c in compiler)):
             problems.append(f"STELLAR_COMPILED_PREDICTOR_CC must name a C compiler (a command or path of letters, "
                             f"digits and / . _ + -), got {compiler!r}")

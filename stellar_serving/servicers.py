@@ -36,6 +36,7 @@ from stellar_serving.batching import MicroBatcher
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, NoChampion, RegistryUnavailable
+from stellar_serving.request_decoder import DecodedObjects
 from stellar_api.validation import (COLOUR_TOLERANCE, OBJECTS_FIELD, SINGLE_OBJECT_FIELD, InvalidInput,
                                         bounded, check_client_id, features_to_inputs, objects_to_inputs)
 
@@ -119,6 +120,10 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
 
     def _classify(self, objects, what: str, context, method: str, field: str = OBJECTS_FIELD):
         """The objects' classifications, as (client ids, probabilities, the encoder of the model that answered)."""
+        if type(objects) is DecodedObjects:  # read from the wire bytes and checked (request_decoder.py)
+            _check_deadline(context)
+            model = _current(self.store, context)
+            return objects.client_ids, self._predict(model, objects.inputs, method), _encoder(model)
         inputs = self._inputs(objects, what, context, field)
         _check_deadline(context)
         model = _current(self.store, context)
@@ -139,7 +144,9 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
         return encoder.single(client_id, proba)
 
     def ClassifyBatch(self, request, context):
-        client_ids, proba, encoder = self._classify(request.objects, "batch", context, "ClassifyBatch")
+        # A plainly valid request comes read from its bytes (DecodedObjects), any other as the message.
+        objects = request if type(request) is DecodedObjects else request.objects
+        client_ids, proba, encoder = self._classify(objects, "batch", context, "ClassifyBatch")
         return encoder.batch(client_ids, proba)
 
     def ClassifyStream(self, request_iterator, context):
@@ -147,7 +154,8 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
         for index, request in enumerate(request_iterator):
             # Each message reads the current model again: a long stream picks
             # up a new champion between messages, and each response names it.
-            client_ids, proba, encoder = self._classify(request.objects, f"stream message {index}", context,
+            objects = request if type(request) is DecodedObjects else request.objects
+            client_ids, proba, encoder = self._classify(objects, f"stream message {index}", context,
                                                         "ClassifyStream")
             yield encoder.batch(client_ids, proba)
 

@@ -291,7 +291,7 @@ REGISTRY: list[tuple[str, object]] = [
     (r"python benchmarks/replay_cost\.py", Smoke("benchmarks/replay_cost.py", "predict+drift per week vs Dagster's floor:")),
     (r"python benchmarks/ingestion_backfill\.py",
      Smoke("benchmarks/ingestion_backfill.py", "Dagster backfill, one run, SQLite:")),
-    (r"python benchmarks/(serving_benchmark|promotion_gate|serving_concurrency|compiled_predictor|treeshap_c|batch_evaluators)\.py( --repeats \d+)?( --calls \d+)?( --check-rows \d+)?",
+    (r"python benchmarks/(serving_benchmark|promotion_gate|serving_concurrency|compiled_predictor|treeshap_c|batch_evaluators)\.py( --repeats \d+)?( --calls \d+)?( --check-rows \d+)?( --cold)?",
      ByTests(("tests/test_docs_commands.py::test_benchmark_help_runs",),
              "GAP: another engineer's script; only --help is run until it has a smoke option")),
     (r"mlflow models serve( --env-manager local)?",

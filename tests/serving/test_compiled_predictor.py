@@ -95,10 +95,12 @@ def libraries(small_registry, tmp_path_factory) -> dict[str, compiled.Prepared]:
 @pytest.fixture
 def start(make_server, small_registry):
     """make_server against the small registry, compiled predictor on unless a test says otherwise (and the
-    tree kernel off: where it answers, nothing is compiled)."""
+    tree kernel off: where it answers, nothing is compiled; the request decoder off: the compilers these
+    tests hold or break are tl2cgen's alone)."""
     def start_server(**overrides):
         return make_server(tracking_uri=small_registry.tracking_uri,
-                           **{"compiled_predictor": "auto", "tree_kernel": "off", **overrides})
+                           **{"compiled_predictor": "auto", "tree_kernel": "off", "request_decoder": "off",
+                              **overrides})
     return start_server
 
 

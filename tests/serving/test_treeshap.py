@@ -251,5 +251,5 @@ def test_bad_explainer_settings_are_refused(env, message):
     assert message in str(err.value)
     assert "STELLAR_EXPLAINER" in ServingConfig.env_vars()
     ServingConfig.from_env({"STELLAR_COMPILED_PREDICTOR": "off", "STELLAR_EXPLAINER": "xgboost",
-                            "STELLAR_TREE_KERNEL": "off",
+                            "STELLAR_TREE_KERNEL": "off", "STELLAR_REQUEST_DECODER": "off",
                             "STELLAR_COMPILED_PREDICTOR_CC": "gcc; rm"})  # nothing compiles: not checked
