@@ -86,7 +86,8 @@ class ServingConfig:
         "threads for large batches: XGBoost's, and the tree kernel's (it uses at most 2) (0: all cores)")
     parallel_batch_min: int = _env(
         "STELLAR_PARALLEL_BATCH_MIN", 256,
-        "smaller requests predict on one thread (OpenMP start-up costs more than it saves, and stalls under load)")
+        "smaller requests predict on one thread (XGBoost's OpenMP start-up, or the tree kernel's hand-off, costs "
+        "more than it saves)")
     tree_kernel: str = _env(
         "STELLAR_TREE_KERNEL", "auto",
         "auto: every request is answered by the tree kernel (XGBoost's arithmetic in C over the trees as arrays, "

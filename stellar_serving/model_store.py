@@ -421,7 +421,8 @@ class ModelStore:
             return None, ""
         try:
             kernel = tree_kernel.build(booster, reference, _kernel_probe_features(), self.config.compiled_compiler,
-                                       threads=self.config.predict_threads or None)
+                                       threads=self.config.predict_threads or None,
+                                       split_min_rows=self.config.parallel_batch_min)
         except Exception as exc:  # KernelUnavailable, or anything else: XGBoost (or tl2cgen) answers
             reason = str(exc) if isinstance(exc, tree_kernel.KernelUnavailable) else (
                 f"building the tree kernel failed: {type(exc).__name__}: {_short(exc)}")

@@ -41,7 +41,7 @@ SUPPORTED_OBJECTIVES = ("multi:softprob",)  # probabilities by softmax over one 
 MAX_DEPTH = 10  # padded trees double in size with every level; deeper models stay on XGBoost
 MAX_ARRAY_BYTES = 256 << 20  # the padded arrays of every tree together
 LANES = 8  # walks side by side
-SPLIT_MIN_ROWS = 256  # fewer rows are walked on the calling thread alone (a hand-off costs ~0.1 ms)
+SPLIT_MIN_ROWS = 256  # default: fewer rows are walked on the calling thread alone (a hand-off costs ~0.1 ms)
 
 SOURCE = r"""
 #include <math.h>
@@ -216,13 +216,15 @@ class PaddedTrees:
 class TreeKernel:
     """predict(features float32 [n, n_features]) -> float32 [n, groups] probabilities, as XGBoost answers."""
 
-    def __init__(self, booster, compiler: str = "gcc", threads: int | None = None) -> None:
+    def __init__(self, booster, compiler: str = "gcc", threads: int | None = None,
+                 split_min_rows: int = SPLIT_MIN_ROWS) -> None:
         self.trees = PaddedTrees(booster)
         self._predict = _library(compiler, self.trees.depth).predict
         t = self.trees
         self._arrays = (t.tree_group.ctypes.data, t.splits.ctypes.data, t.default_right.ctypes.data,
                         t.leaves.ctypes.data, t.base.ctypes.data)  # alive as long as self.trees
         self.threads = min(2, len(os.sched_getaffinity(0))) if threads is None else max(1, threads)
+        self.split_min_rows = split_min_rows
         self.n_features, self.n_outputs = t.n_features, t.n_groups
         self.probe_difference: float | None = None  # set by build: the largest difference from XGBoost it saw
 
@@ -233,7 +235,7 @@ class TreeKernel:
             raise ValueError(f"expected features of shape [n, {self.n_features}], got {list(features.shape)}")
         n = len(features)
         out = np.empty((n, self.n_outputs), dtype=np.float32)
-        if self.threads < 2 or n < SPLIT_MIN_ROWS:
+        if self.threads < 2 or n < self.split_min_rows:
             self._walk(features, out, 0, n)
             return out
         half = (n // 2 + LANES - 1) // LANES * LANES  # whole groups of LANES rows on the calling thread
@@ -258,18 +260,18 @@ def _worker() -> ThreadPoolExecutor:
 
 
 def build(booster, reference, probe: np.ndarray, compiler: str = "gcc", threads: int | None = None,
-          tolerance: float = PROBE_TOLERANCE) -> TreeKernel:
+          split_min_rows: int = SPLIT_MIN_ROWS, tolerance: float = PROBE_TOLERANCE) -> TreeKernel:
     """The tree kernel of `booster`, once it answers `probe` within `tolerance` of `reference` (XGBoost's
     prediction, float32 [n, n_features] -> [n, groups]); else KernelUnavailable."""
     try:
-        kernel = TreeKernel(booster, compiler, threads)
+        kernel = TreeKernel(booster, compiler, threads, split_min_rows)
     except KernelUnavailable:
         raise
     except Exception as exc:  # a model file it cannot read, a library that does not load
         raise KernelUnavailable(f"the tree kernel could not be prepared: {type(exc).__name__}: {exc}"[:300]) from exc
     probe = np.ascontiguousarray(probe, dtype=np.float32)
     # Every path of the C code: row groups with and without missing values, one row, and a split call.
-    rows = np.concatenate([probe] * max(1, -(-SPLIT_MIN_ROWS // len(probe))))
+    rows = np.concatenate([probe] * max(1, -(-split_min_rows // len(probe))))
     worst = max(max_difference(kernel, reference, probe), max_difference(kernel, reference, rows))
     if not worst <= tolerance:
         raise KernelUnavailable(f"the tree kernel differed from XGBoost by {worst:.3g} on probe rows "

@@ -83,6 +83,10 @@ def test_two_threads_answer_as_one(boosters, sample_inputs):
     features = _rows(sample_inputs, 1003, 0.05)  # not a multiple of the 8 rows walked side by side
     one = tree_kernel.TreeKernel(booster, threads=1)(features)
     np.testing.assert_array_equal(tree_kernel.TreeKernel(booster, threads=2)(features), one)
+    # Split from 9 rows: halves of whole 8-row groups and a rest walked row by row.
+    small = tree_kernel.TreeKernel(booster, threads=2, split_min_rows=9)
+    for rows in (9, 17, 23):
+        np.testing.assert_array_equal(small(features[:rows]), one[:rows])
 
 
 def test_a_busy_worker_is_not_waited_for(boosters, sample_inputs):
@@ -156,9 +160,10 @@ def _classify_batch(server, inputs: np.ndarray) -> tuple[str, np.ndarray]:
 
 def test_the_server_answers_every_request_with_the_kernel_and_says_so(make_server, registry, sample_inputs):
     registry.set_champion("1")
-    server = make_server()
+    server = make_server(parallel_batch_min=64)
     model = server.store.current
     assert (model.predictor, model.predict_kernel is not None, model.predict_compiled) == ("tree_kernel", True, None)
+    assert model.predict_kernel.split_min_rows == 64  # STELLAR_PARALLEL_BATCH_MIN
     info = _model_info(server)
     assert info.predictor == "tree_kernel"
     assert info.predictor_note.startswith("the tree kernel answers every request")
