@@ -45,3 +45,15 @@ def build(source: str, compiler: str, what: str) -> ctypes.CDLL:
             raise CBuildFailed(f"the compiled {what} library cannot be loaded: {exc}") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def function(source: str, compiler: str, what: str, name: str, argtypes: list, restype=None,
+             error: type[Exception] = CBuildFailed):
+    """The C function `name` of `source`, compiled and loaded (see build), with its ctypes signature;
+    a failure is raised as `error` with build's one-sentence message."""
+    try:
+        fn = getattr(build(source, compiler, what), name)
+    except CBuildFailed as exc:
+        raise error(str(exc)) from None
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn

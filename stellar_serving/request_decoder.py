@@ -123,10 +123,9 @@ class RequestDecoder:
 
     def __init__(self, max_batch: int, max_client_id: int, compiler: str = "gcc") -> None:
         _check_layout()
-        self._read = c_library.build(SOURCE, compiler, "the request decoder").read_objects
-        self._read.restype = ctypes.c_int64
-        self._read.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                               ctypes.c_void_p]
+        self._read = c_library.function(SOURCE, compiler, "the request decoder", "read_objects",
+                                        [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                         ctypes.c_void_p, ctypes.c_void_p], restype=ctypes.c_int64)
         self.max_batch = max_batch
         self.max_client_id = max_client_id
 

@@ -154,16 +154,11 @@ class KernelUnavailable(RuntimeError):
 
 
 @functools.cache
-def _library(compiler: str, depth: int) -> ctypes.CDLL:
+def _predict_function(compiler: str, depth: int):
     """The kernel for trees of `depth`, compiled once per process and compiler (the trees are arguments)."""
-    try:
-        lib = c_library.build(SOURCE % {"depth": depth, "lanes": LANES}, compiler, "the tree kernel")
-    except c_library.CBuildFailed as exc:
-        raise KernelUnavailable(str(exc)) from None
-    lib.predict.restype = None
-    lib.predict.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-                            *[ctypes.c_void_p] * 6]
-    return lib
+    return c_library.function(SOURCE % {"depth": depth, "lanes": LANES}, compiler, "the tree kernel", "predict",
+                              [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+                               *[ctypes.c_void_p] * 6], error=KernelUnavailable)
 
 
 class PaddedTrees:
@@ -219,7 +214,7 @@ class TreeKernel:
     def __init__(self, booster, compiler: str = "gcc", threads: int | None = None,
                  split_min_rows: int = SPLIT_MIN_ROWS) -> None:
         self.trees = PaddedTrees(booster)
-        self._predict = _library(compiler, self.trees.depth).predict
+        self._predict = _predict_function(compiler, self.trees.depth)
         t = self.trees
         self._arrays = (t.tree_group.ctypes.data, t.splits.ctypes.data, t.default_right.ctypes.data,
                         t.leaves.ctypes.data, t.base.ctypes.data)  # alive as long as self.trees

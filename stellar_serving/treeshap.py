@@ -146,16 +146,12 @@ class ExplainerUnavailable(RuntimeError):
 
 
 @functools.cache
-def _library(compiler: str, points: int) -> ctypes.CDLL:
+def _treeshap_function(compiler: str, points: int):
     """The C code compiled once per process, compiler and quadrature size (the arrays are arguments)."""
-    try:
-        lib = c_library.build(SOURCE % {"max_depth": MAX_DEPTH, "points": points}, compiler, "TreeSHAP")
-    except c_library.CBuildFailed as exc:
-        raise ExplainerUnavailable(str(exc)) from None
-    lib.treeshap.restype = None
-    lib.treeshap.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-                             *[ctypes.c_void_p] * len(ARRAYS), ctypes.c_int32, ctypes.c_void_p]
-    return lib
+    return c_library.function(SOURCE % {"max_depth": MAX_DEPTH, "points": points}, compiler, "TreeSHAP", "treeshap",
+                              [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+                               *[ctypes.c_void_p] * len(ARRAYS), ctypes.c_int32, ctypes.c_void_p],
+                              error=ExplainerUnavailable)
 
 
 # The arrays treeshap() reads, in its argument order, with their C types.
@@ -252,7 +248,7 @@ class TreeShap:
 
     def __init__(self, booster, compiler: str = "gcc", threads: int | None = None) -> None:
         self.trees = FlatTrees(booster)
-        self._lib = _library(compiler, self.trees.n_points)
+        self._treeshap = _treeshap_function(compiler, self.trees.n_points)
         arrays = {name: getattr(self.trees, name) for name in ARRAYS}  # alive as long as self.trees
         # Each array's address, and its step per tree (per-tree arrays only); `bias` (ARRAYS' last) is an argument.
         self._addresses = [(a.ctypes.data, a.itemsize if name in PER_TREE else 0)
@@ -283,9 +279,9 @@ class TreeShap:
         """Trees first..last-1 into `out`, plus the bias at address `bias`: the per-tree arrays start
         at tree `first` (node and leaf numbers are absolute, so the other arrays are passed whole)."""
         t = self.trees
-        self._lib.treeshap(features.ctypes.data, len(features), t.n_features, last - first, t.n_groups,
-                           *[address + first * step for address, step in self._addresses], bias,
-                           int(t.max_nodes), out.ctypes.data)
+        self._treeshap(features.ctypes.data, len(features), t.n_features, last - first, t.n_groups,
+                       *[address + first * step for address, step in self._addresses], bias,
+                       int(t.max_nodes), out.ctypes.data)
 
 
 @functools.cache
