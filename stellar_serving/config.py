@@ -26,8 +26,7 @@ from stellar_mlflow.names import CHAMPION_ALIAS  # noqa: E402
 from stellar_core.contract import DEFAULT_MODEL_NAME  # noqa: E402
 
 AUTH_SCOPES = ("all", "admin")
-COMPILED_PREDICTOR_MODES = ("auto", "off")
-TREE_KERNEL_MODES = ("auto", "off")  # also STELLAR_REQUEST_DECODER's
+AUTO_OR_OFF = ("auto", "off")  # STELLAR_TREE_KERNEL, STELLAR_REQUEST_DECODER, STELLAR_COMPILED_PREDICTOR
 EXPLAINER_MODES = ("auto", "xgboost")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -96,7 +95,8 @@ class ServingConfig:
     request_decoder: str = _env(
         "STELLAR_REQUEST_DECODER", "auto",
         "auto: plainly valid ClassifyBatch and ClassifyStream requests are read from their bytes by a few lines "
-        "of C (compiled at start); any other request, and every request with off, is read by protobuf")
+        "of C (compiled in the background at start); any other request, and every request with off, is read by "
+        "protobuf")
     compiled_predictor: str = _env(
         "STELLAR_COMPILED_PREDICTOR", "auto",
         "auto: where there is no tree kernel, compile each model version's trees to C (tl2cgen, in the "
@@ -160,13 +160,11 @@ class ServingConfig:
 
     def validate(self) -> None:
         problems = [*self._range_problems(), *self._tls_problems(), *self._auth_problems()]
-        if self.compiled_predictor not in COMPILED_PREDICTOR_MODES:
-            problems.append(f"STELLAR_COMPILED_PREDICTOR must be one of {COMPILED_PREDICTOR_MODES}, "
-                            f"got {self.compiled_predictor!r}")
-        if self.tree_kernel not in TREE_KERNEL_MODES:
-            problems.append(f"STELLAR_TREE_KERNEL must be one of {TREE_KERNEL_MODES}, got {self.tree_kernel!r}")
-        if self.request_decoder not in TREE_KERNEL_MODES:
-            problems.append(f"STELLAR_REQUEST_DECODER must be one of {TREE_KERNEL_MODES}, got {self.request_decoder!r}")
+        for variable, value in (("STELLAR_COMPILED_PREDICTOR", self.compiled_predictor),
+                                ("STELLAR_TREE_KERNEL", self.tree_kernel),
+                                ("STELLAR_REQUEST_DECODER", self.request_decoder)):
+            if value not in AUTO_OR_OFF:
+                problems.append(f"{variable} must be one of {AUTO_OR_OFF}, got {value!r}")
         if self.explainer not in EXPLAINER_MODES:
             problems.append(f"STELLAR_EXPLAINER must be one of {EXPLAINER_MODES}, got {self.explainer!r}")
         compiler = self.compiled_compiler

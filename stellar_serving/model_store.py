@@ -64,6 +64,7 @@ from stellar_serving import compiled, tree_kernel
 from stellar_serving.booster_call import DensePredictor, Predict
 from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
+from stellar_serving.treeshap import probe_features
 
 log = logging.getLogger("stellar_serving.model_store")
 
@@ -561,8 +562,6 @@ def _compiled_probe_features() -> np.ndarray:
 
 def _kernel_probe_features() -> np.ndarray:
     """The compiled predictor's probes, and rows with missing values: every branch of the kernel's walk."""
-    from stellar_serving.treeshap import probe_features
-
     return np.ascontiguousarray(np.concatenate([_compiled_probe_features(), probe_features()[-16:]]))
 
 
