@@ -230,10 +230,12 @@ class TreeKernel:
             raise ValueError(f"expected features of shape [n, {self.n_features}], got {list(features.shape)}")
         n = len(features)
         out = np.empty((n, self.n_outputs), dtype=np.float32)
-        if self.threads < 2 or n < self.split_min_rows:
+        # At least two groups of LANES rows: each half then holds rows (a smaller STELLAR_PARALLEL_BATCH_MIN
+        # would otherwise round the first half past the request's end).
+        if self.threads < 2 or n < max(self.split_min_rows, 2 * LANES):
             self._walk(features, out, 0, n)
             return out
-        half = (n // 2 + LANES - 1) // LANES * LANES  # whole groups of LANES rows on the calling thread
+        half = min(n, (n // 2 + LANES - 1) // LANES * LANES)  # whole groups of LANES rows on the calling thread
         other = _worker().submit(self._walk, features, out, half, n)
         self._walk(features, out, 0, half)
         if other.cancel():  # the worker is busy with another call's half: walk this one here

@@ -89,6 +89,28 @@ def test_two_threads_answer_as_one(boosters, sample_inputs):
         np.testing.assert_array_equal(small(features[:rows]), one[:rows])
 
 
+@pytest.mark.parametrize("split_min_rows", [1, 9, 256])
+def test_every_row_is_walked_once_and_only_rows_of_the_request(boosters, sample_inputs, split_min_rows):
+    """However small STELLAR_PARALLEL_BATCH_MIN is, the halves cover the request's rows exactly."""
+    booster = boosters["v1"]
+    kernel = tree_kernel.TreeKernel(booster, threads=2, split_min_rows=split_min_rows)
+    walk, walked = kernel._walk, []
+
+    def recording_walk(features, out, first, last):
+        walked.append((first, last))
+        walk(features, out, first, last)
+
+    kernel._walk = recording_walk
+    reference = _xgboost(booster)
+    for n in (*range(1, 20), 300):
+        walked.clear()
+        features = _rows(sample_inputs, n, 0.1)
+        np.testing.assert_array_equal(kernel(features), reference(features))
+        rows = sorted(walked)
+        assert rows[0][0] == 0 and rows[-1][1] == n and all(a < b for a, b in rows), (n, rows)
+        assert all(rows[k][1] == rows[k + 1][0] for k in range(len(rows) - 1)), (n, rows)
+
+
 def test_a_busy_worker_is_not_waited_for(boosters, sample_inputs):
     """The worker thread is held by another call's half: the calling thread walks both halves itself."""
     kernel = tree_kernel.TreeKernel(boosters["v1"], threads=2)
