@@ -44,8 +44,9 @@ class ServerMetrics:
             "stellar_model_reloads_total", "alias look-ups by outcome (swapped, unchanged, failed)", ["outcome"],
             registry=r)
         self.predictor = Gauge(
-            "stellar_model_predictor", "1 for what answers the current model's small requests: tree_kernel, compiled "
-            "or xgboost (GetModelInfo's predictor_note says why)", ["model", "version", "predictor"], registry=r)
+            "stellar_model_predictor", "1 for what answers the current model's requests: tree_kernel (every "
+            "request), compiled (small ones) or xgboost (GetModelInfo's predictor_note says why)",
+            ["model", "version", "predictor"], registry=r)
         self.tree_kernels = Counter(
             "stellar_tree_kernel_total", "tree kernels prepared at model load, by outcome (built, unavailable, off)",
             ["outcome"], registry=r)

@@ -7,7 +7,7 @@ objects' six inputs into a float64 array and their client ids into one
 buffer. That is done only for the plain form every protobuf library writes:
 
 - the request holds field 1 (`objects`) only, each object fields 1-7 only,
-  each at most once, with their declared wire types;
+  each at most once, with their declared wire types and one-byte keys;
 - every input is present, finite and inside its physical range;
 - every client id is ASCII without NUL and within STELLAR_MAX_CLIENT_ID_CHARS;
 - between 1 and STELLAR_MAX_BATCH_SIZE objects.
@@ -69,8 +69,9 @@ int64_t read_objects(const uint8_t* data, int64_t size, int64_t capacity, int64_
   int64_t n = 0;
   uint8_t* id_out = ids;
   while (p < end) {
-    uint64_t key, length;
-    if (!varint(&p, end, &key) || key != ((1 << 3) | 2)) return -1;
+    uint64_t length;
+    /* Every key this reads is one byte; a key written longer is left to protobuf, whose parsers differ on it. */
+    if (p >= end || *p++ != ((1 << 3) | 2)) return -1;
     if (!varint(&p, end, &length) || length > (uint64_t)(end - p) || n >= capacity) return -1;
     const uint8_t* q = p;
     const uint8_t* const stop = p + length;
@@ -78,9 +79,9 @@ int64_t read_objects(const uint8_t* data, int64_t size, int64_t capacity, int64_
     unsigned seen = 0;
     double* row = values + n * 6;
     while (q < stop) {
-      uint64_t k;
-      if (!varint(&q, stop, &k)) return -1;
-      const uint64_t field = k >> 3, wire = k & 7;
+      const uint8_t k = *q++;
+      if (k & 0x80) return -1;
+      const unsigned field = k >> 3, wire = k & 7;
       if (field == 1 && wire == 2 && !(seen & 1u)) {
         uint64_t id_length;
         if (!varint(&q, stop, &id_length) || id_length > (uint64_t)(stop - q) || id_length > (uint64_t)max_id)

@@ -79,6 +79,7 @@ def test_zero_is_a_value_when_it_is_sent(decoder, sample_inputs):
 @pytest.mark.parametrize("change", [
     "missing field", "nan", "infinite", "out of range", "unicode id", "id too long", "nul in id", "empty request",
     "too many objects", "unknown object field", "unknown request field", "repeated field", "float wire type",
+    "long request key", "long object key",
 ])
 def test_anything_unusual_is_left_to_protobuf(decoder, sample_inputs, change):
     rng = np.random.default_rng(3)
@@ -113,6 +114,14 @@ def test_anything_unusual_is_left_to_protobuf(decoder, sample_inputs, change):
         data = pb.ClassifyBatchRequest(objects=objects[:-1]).SerializeToString() + b"\x0a" + bytes([len(last)]) + last
     elif change == "float wire type":  # u as a 32-bit value: not the declared double
         last = b"\x15" + np.float32(20.0).tobytes() + objects[-1].SerializeToString()
+        data = pb.ClassifyBatchRequest(objects=objects[:-1]).SerializeToString() + b"\x0a" + bytes([len(last)]) + last
+    elif change == "long request key":  # the objects' key 0x0a written in six bytes: upb refuses it
+        assert data[0] == 0x0a
+        data = b"\x8a\x80\x80\x80\x80\x00" + data[1:]
+    elif change == "long object key":  # u's key 0x11 written in two bytes inside the last object
+        last = objects[-1].SerializeToString()
+        at = last.index(b"\x11")
+        last = last[:at] + b"\x91\x00" + last[at + 1:]
         data = pb.ClassifyBatchRequest(objects=objects[:-1]).SerializeToString() + b"\x0a" + bytes([len(last)]) + last
     data += extra
     assert decoder(data) is None
