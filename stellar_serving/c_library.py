@@ -9,7 +9,6 @@ temporary folder that is removed at once (a loaded library stays mapped).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -26,10 +25,9 @@ class CBuildFailed(RuntimeError):
 
 def build(source: str, compiler: str, what: str) -> ctypes.CDLL:
     """`source` compiled with `compiler` (-O3, shared) and loaded; CBuildFailed names `what` and why."""
-    digest = hashlib.sha256(f"{source}|{compiler}".encode()).hexdigest()[:16]
-    folder = Path(tempfile.mkdtemp(prefix="stellar-c-"))
+    folder = Path(tempfile.mkdtemp(prefix="stellar-c-"))  # its own folder: fixed file names cannot clash
     try:
-        source_file, library = folder / f"{digest}.c", folder / f"{digest}.so"
+        source_file, library = folder / "source.c", folder / "library.so"
         source_file.write_text(source)
         try:
             done = subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(library), str(source_file), "-lm"],

@@ -144,9 +144,7 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
         return encoder.single(client_id, proba)
 
     def ClassifyBatch(self, request, context):
-        # A plainly valid request comes read from its bytes (DecodedObjects), any other as the message.
-        objects = request if type(request) is DecodedObjects else request.objects
-        client_ids, proba, encoder = self._classify(objects, "batch", context, "ClassifyBatch")
+        client_ids, proba, encoder = self._classify(_objects(request), "batch", context, "ClassifyBatch")
         return encoder.batch(client_ids, proba)
 
     def ClassifyStream(self, request_iterator, context):
@@ -154,8 +152,7 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
         for index, request in enumerate(request_iterator):
             # Each message reads the current model again: a long stream picks
             # up a new champion between messages, and each response names it.
-            objects = request if type(request) is DecodedObjects else request.objects
-            client_ids, proba, encoder = self._classify(objects, f"stream message {index}", context,
+            client_ids, proba, encoder = self._classify(_objects(request), f"stream message {index}", context,
                                                         "ClassifyStream")
             yield encoder.batch(client_ids, proba)
 
@@ -201,6 +198,12 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
         previous = outcome.previous.version if outcome.previous else ""
         return pb.ReloadModelResponse(previous_version=previous, version=outcome.current.version,
                                       changed=outcome.changed, source=outcome.current.source)
+
+
+def _objects(request):
+    """A batch or stream message's objects: read from its bytes (DecodedObjects) when it was plainly valid,
+    else the message's repeated field."""
+    return request if type(request) is DecodedObjects else request.objects
 
 
 def _client_ids(objects, max_client_id: int, what: str, field: str = OBJECTS_FIELD) -> list[str]:
