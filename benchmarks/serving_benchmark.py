@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/serving_benchmark.py [--rounds 5] [--quick] [--json benchmarks/results/serving.json]
 
 Builds a 400-round champion in a temporary MLflow store (as the training assets
-publish one), starts `python -m stellar_serving serve`, `mlflow models serve
+publish one), starts `python -m stellar_serving serve` (as the environment
+configures it, STELLAR_SERVER_PROCESSES included), `mlflow models serve
 --env-manager local` and Seldon MLServer 1.7.1 (mlserver-xgboost, on the same
 model.ubj) as their own processes, and measures these paths in interleaved
 rounds (every path once per round, so all see the same machine):
@@ -12,7 +13,8 @@ rounds (every path once per round, so all see the same machine):
                (the booster as trained, all cores; and a single-threaded copy), the
                same trees compiled to C (stellar_serving.compiled, or tl2cgen), and the
                tree kernel the server answers with (stellar_serving.tree_kernel)
-  grpc unary   Classify, one object per call, concurrency 1 and 16
+  grpc unary   Classify, one object per call, concurrency 1 and 16 (16 clients, each on its
+               own connection, for every server alike)
   health       grpc.health.v1 Check on the same server: the gRPC round trip with no model
   explain      Explain, one object per call (when the server has the RPC)
   grpc batch   ClassifyBatch, 1000 objects per call
@@ -291,20 +293,37 @@ def _tl2cgen_predictor(model_file: Path, library: Path, n_outputs: int):
                                        dtype=np.float32).reshape(len(features), n_outputs)
 
 
-def wait_for_predictor(stub, pb, timeout: float) -> tuple[str, str]:
+def own_connections(target: str, count: int, grpc) -> list:
+    """`count` channels to `target`, each its own TCP connection, as `count` separate clients would have.
+
+    Channels with the same options share one connection (gRPC's global subchannel pool): the
+    kernel spreads connections, not calls, over a server's processes (STELLAR_SERVER_PROCESSES)."""
+    return [grpc.insecure_channel(target, options=OWN_CONNECTION) for _ in range(count)]
+
+
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+TRITON_OWN_CONNECTION = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
+                         *OWN_CONNECTION]
+
+
+def wait_for_predictor(stubs: list, pb, timeout: float) -> tuple[str, str]:
     """(predictor, note) from GetModelInfo once the server stops compiling, or at `timeout`.
 
     A server that compiles its trees, then builds its C TreeSHAP, in the background
     answers from XGBoost meanwhile; the benchmark measures what it serves once both
-    are settled (a build still running would also take a core from the first rounds)."""
+    are settled (a build still running would also take a core from the first rounds).
+    Asked on each of `stubs`' connections, which reach each of the server's processes."""
     deadline = time.monotonic() + timeout
     while True:
-        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
-        predictor, note = getattr(info, "predictor", "") or "xgboost", getattr(info, "predictor_note", "")
-        compiling = "compil" in note.lower() and "compiled" not in predictor.lower()
-        explainer_note = getattr(info, "explainer_note", "").lower()
-        preparing = "being prepared" in explainer_note or "once its compiled predictor" in explainer_note
-        if not (compiling or preparing) or time.monotonic() > deadline:
+        answers = [stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5) for stub in stubs]
+        settled = []
+        for info in answers:
+            predictor, note = getattr(info, "predictor", "") or "xgboost", getattr(info, "predictor_note", "")
+            compiling = "compil" in note.lower() and "compiled" not in predictor.lower()
+            explainer_note = getattr(info, "explainer_note", "").lower()
+            preparing = "being prepared" in explainer_note or "once its compiled predictor" in explainer_note
+            settled.append(not (compiling or preparing))
+        if all(settled) or time.monotonic() > deadline:
             return predictor, note
         time.sleep(1)
 
@@ -518,9 +537,12 @@ def main(argv: list[str] | None = None) -> int:
         compiled_predict, compiled_how = compiled_floor(model_file, work / "floor-compiled",
                                                         lambda x: single.inplace_predict(x), feats[:256], len(CLASSES))
         kernel_predict, kernel_how = kernel_floor(bundle.booster, lambda x: single.inplace_predict(x), feats[:256])
-        predictors = {"server": wait_for_predictor(stub, pb, args.compile_wait)}
+        predictors = {"server": wait_for_predictor(
+            [pb_grpc.ClassifierServiceStub(c) for c in own_connections(target_addr, 8, grpc)], pb, args.compile_wait)}
         if pinned_cpus:
-            predictors["pinned server"] = wait_for_predictor(pinned_stub, pb, args.compile_wait)
+            predictors["pinned server"] = wait_for_predictor(
+                [pb_grpc.ClassifierServiceStub(c) for c in own_connections(f"127.0.0.1:{pinned_port}", 8, grpc)],
+                pb, args.compile_wait)
 
         def floor_with(predict):
             return lambda rows: predict(derive_feature_matrix(rows))
@@ -534,9 +556,12 @@ def main(argv: list[str] | None = None) -> int:
             return call
 
         v2_call = v2_call_with(triton.InferenceServerClient(url=target_addr))
-        v2_c16 = [v2_call_with(triton.InferenceServerClient(url=target_addr)) for _ in range(16)]
+        # Concurrency 16 is 16 clients, each on its own connection, for every server alike.
+        v2_c16 = [v2_call_with(triton.InferenceServerClient(url=target_addr, channel_args=TRITON_OWN_CONNECTION))
+                  for _ in range(16)]
         ml_call = v2_call_with(ml_client) if ml_client else None
-        ml_c16 = [v2_call_with(triton.InferenceServerClient(url=f"127.0.0.1:{ml_port}"))
+        ml_c16 = [v2_call_with(triton.InferenceServerClient(url=f"127.0.0.1:{ml_port}",
+                                                            channel_args=TRITON_OWN_CONNECTION))
                   for _ in range(16 if ml_client else 0)]
         session = requests.Session()
 
@@ -551,9 +576,9 @@ def main(argv: list[str] | None = None) -> int:
             return call
 
         rest_call = rest_call_with(session)
-        grpc_c16 = [pb_grpc.ClassifierServiceStub(grpc.insecure_channel(target_addr)).Classify for _ in range(16)]
-        pinned_c16 = [pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{pinned_port}")).Classify
-                      for _ in range(16 if pinned_cpus else 0)]
+        grpc_c16 = [pb_grpc.ClassifierServiceStub(c).Classify for c in own_connections(target_addr, 16, grpc)]
+        pinned_c16 = [pb_grpc.ClassifierServiceStub(c).Classify
+                      for c in own_connections(f"127.0.0.1:{pinned_port}", 16 if pinned_cpus else 0, grpc)]
         rest_c16 = [rest_call_with(requests.Session()) for _ in range(16)]
         classify_requests = [pb.ClassifyRequest(object=o) for o in objects]
         explain_requests = [pb.ExplainRequest(objects=[o]) for o in objects] if has_explain else []

@@ -17,6 +17,13 @@ and probabilities out), on the same model:
                 kernel spreads connections over them
   multiprocess-aio  the same, each process a grpc.aio server
 
+and the production server itself, `python -m stellar_serving serve` on a
+registry holding the same model (its tree kernel answers), twice:
+
+  server 1 proc    STELLAR_SERVER_PROCESSES=1: one threaded process
+  server N procs   STELLAR_SERVER_PROCESSES=N (--processes): the supervisor and
+                   its N processes (stellar_serving.processes)
+
 The prototypes do only the call's work (decode, features, predict, encode):
 none of the real server's interceptors, validation, metrics or micro-batching,
 so the comparison is of the designs. Each server runs in its own process
@@ -56,7 +63,9 @@ REPO = Path(__file__).resolve().parents[1]
 # The working tree's packages, also those an older editable install of the project does not list yet.
 sys.path.insert(0, str(REPO))
 SAMPLE = REPO.parent / "shared" / "data" / "sdss17_sample.csv.gz"
-DESIGNS = ("threaded", "aio", "multiprocess", "multiprocess-aio")
+DESIGNS = ("threaded", "aio", "multiprocess", "multiprocess-aio")  # the prototypes
+SERVER_DESIGNS = ("server 1 proc", "server N procs")  # the production server, with 1 and --processes processes
+MEASURED = DESIGNS + SERVER_DESIGNS
 CONCURRENCIES = (1, 16)
 THREADS = 16  # today's STELLAR_MAX_WORKERS
 SERVICE = "stellar.v1.ClassifierService"
@@ -307,6 +316,36 @@ def start_server(design: str, folder: Path, kind: str, processes: int, log: Path
     return proc, port
 
 
+def start_production_server(processes: int, uri: str, work: Path) -> tuple[subprocess.Popen, int]:
+    """`python -m stellar_serving serve` with `processes` processes; (process, port) once every process serves."""
+    import urllib.request
+
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "STELLAR_GRPC_HOST": "127.0.0.1", "STELLAR_GRPC_PORT": str(port),
+           "STELLAR_METRICS_HOST": "127.0.0.1", "STELLAR_METRICS_PORT": str(metrics_port),
+           "STELLAR_MODEL_CACHE_DIR": str(work / f"cache-{processes}"), "STELLAR_POLL_SECONDS": "0",
+           "STELLAR_LOG_LEVEL": "WARNING", "STELLAR_SERVER_PROCESSES": str(processes),
+           # Not measured here; their background C builds would take a core from the first rounds.
+           "STELLAR_EXPLAINER": "xgboost", "STELLAR_REQUEST_DECODER": "off"}
+    log = work / f"server-{processes}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "stellar_serving", "serve"], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server with {processes} processes exited (see {log})")
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
+        except OSError:
+            text = ""
+        # One stellar_model_version series per process once it has loaded the model (and built its kernel).
+        if sum(line.startswith("stellar_model_version{") and not line.endswith(" 0.0")
+               for line in text.splitlines()) == processes:
+            return proc, port
+        time.sleep(0.5)
+    raise SystemExit(f"the server with {processes} processes did not load the model in 180 s (see {log})")
+
+
 def stop(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -354,6 +393,16 @@ def measure(args: argparse.Namespace) -> int:
         for design in DESIGNS:
             proc, ports[design] = start_server(design, work, kind, args.processes, work / f"{design}.log")
             procs.append(proc)
+        print("publishing the same model to a registry for the production server ...", flush=True)
+        import pandas as pd
+
+        from benchmarks.serving_benchmark import build_champion
+        from stellar_core.features import build_features
+
+        uri = build_champion(work / "registry", build_features(pd.read_csv(SAMPLE))[0], args.model_rounds)
+        for design, count in zip(SERVER_DESIGNS, (1, args.processes)):
+            proc, ports[design] = start_production_server(count, uri, work)
+            procs.append(proc)
         sync_stubs = {d: pb_grpc.ClassifierServiceStub(grpc.insecure_channel(f"127.0.0.1:{p}", CHANNEL_OPTIONS))
                       for d, p in ports.items()}
         for design, stub in sync_stubs.items():
@@ -373,7 +422,7 @@ async def measure_rounds(args, ports: dict, sync_stubs: dict, requests: list, n:
     channels = {d: [grpc.aio.insecure_channel(f"127.0.0.1:{p}", CHANNEL_OPTIONS) for _ in range(max(CONCURRENCIES))]
                 for d, p in ports.items()}
     stubs = {d: [pb_grpc.ClassifierServiceStub(c) for c in cs] for d, cs in channels.items()}
-    measured = {(d, c): Measured(d, c) for d in DESIGNS for c in CONCURRENCIES}
+    measured = {(d, c): Measured(d, c) for d in MEASURED for c in CONCURRENCIES}
 
     async def one(design: str, concurrency: int, r: int):
         start = (r * per_round) % max(1, n - per_round)
@@ -383,7 +432,7 @@ async def measure_rounds(args, ports: dict, sync_stubs: dict, requests: list, n:
             return await asyncio.to_thread(run_sequential, sync_stubs[design], batch)
         return await run_concurrent(stubs[design][:concurrency], batch)
 
-    for design in DESIGNS:  # warm-up: connections opened, first calls made
+    for design in MEASURED:  # warm-up: connections opened, first calls made
         for concurrency in CONCURRENCIES:
             await one(design, concurrency, args.rounds)
     args.loads = []
@@ -391,7 +440,7 @@ async def measure_rounds(args, ports: dict, sync_stubs: dict, requests: list, n:
         args.loads.append(os.getloadavg()[0])
         print(f"round {r + 1}/{args.rounds} (load average {args.loads[-1]:.1f})", flush=True)
         # Alternate the order so no design always follows the same one.
-        for design in DESIGNS if r % 2 == 0 else tuple(reversed(DESIGNS)):
+        for design in MEASURED if r % 2 == 0 else tuple(reversed(MEASURED)):
             for concurrency in CONCURRENCIES:
                 measured[design, concurrency].record(*await one(design, concurrency, r))
     for cs in channels.values():
@@ -412,14 +461,14 @@ def report(args, results: list[dict], how: str, kind: str) -> None:
           f"{'x threaded':>10} {'x p50':>6} {'ahead':>6} {'procs':>5}")
     for concurrency in CONCURRENCIES:
         base = by["threaded", concurrency]
-        for design in DESIGNS:
+        for design in MEASURED:
             r = by[design, concurrency]
             paired = np.array(r["calls_per_s_per_round"]) / np.array(base["calls_per_s_per_round"])
             r["calls_ratio"] = float(np.median(paired))
             r["rounds_ahead"] = int((paired > 1).sum())
             r["p50_ratio"] = r["p50_ms"] / base["p50_ms"]
             spread = f"{min(r['calls_per_s_per_round']):.0f}..{max(r['calls_per_s_per_round']):.0f}"
-            procs = str(r["answering_processes"]) if concurrency > 1 else "-"
+            procs = str(r["answering_processes"]) if concurrency > 1 and design in DESIGNS else "-"
             ahead = f"{r['rounds_ahead']}/{len(paired)}" if design != "threaded" else "-"
             print(f"{design:16} {concurrency:4d} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['calls_per_s']:9.0f} "
                   f"{spread:>11} {r['calls_ratio']:10.2f} {r['p50_ratio']:6.2f} {ahead:>6} {procs:>5}")
@@ -440,6 +489,17 @@ def report(args, results: list[dict], how: str, kind: str) -> None:
         else:
             print(f"concurrency {concurrency:2d}: no clear winner, threaded stays (best: {best}, {figures}; a win "
                   f"needs >= {CLEAR_MARGIN:.2f}x and most rounds ahead)")
+    print()
+    for concurrency in CONCURRENCIES:  # the production server: what STELLAR_SERVER_PROCESSES should default to
+        one, several = by[SERVER_DESIGNS[0], concurrency], by[SERVER_DESIGNS[1], concurrency]
+        paired = np.array(several["calls_per_s_per_round"]) / np.array(one["calls_per_s_per_round"])
+        ratio, ahead = float(np.median(paired)), int((paired > 1).sum())
+        several["x_one_process"], several["rounds_ahead_of_one_process"] = ratio, ahead
+        verdict = ("several processes win" if ratio >= CLEAR_MARGIN and ahead > args.rounds / 2 else
+                   "one process wins" if ratio <= 1 / CLEAR_MARGIN and ahead < args.rounds / 2 else "no clear winner")
+        print(f"production server, concurrency {concurrency:2d}: {args.processes} processes {several['calls_per_s']:.0f} "
+              f"vs 1 process {one['calls_per_s']:.0f} calls/s: {ratio:.2f}x, ahead in {ahead} of {args.rounds} "
+              f"rounds: {verdict}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model_rounds": args.model_rounds, "predictor": kind, "compiled": how,

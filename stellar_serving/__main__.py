@@ -4,4 +4,5 @@ import sys
 
 from stellar_serving.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a server process (spawned: stellar_serving.processes) imports it
+    sys.exit(main())

@@ -165,7 +165,10 @@ def _serve(args) -> int:
         return 0
     overrides = {k: v for k, v in (("grpc_host", args.host), ("grpc_port", args.port),
                                    ("metrics_port", args.metrics_port)) if v is not None}
-    return serve_forever(ServingConfig.from_env(**overrides))
+    try:
+        return serve_forever(ServingConfig.from_env(**overrides))
+    except (ValueError, OSError) as exc:  # a refused setting, or a port that cannot be bound: the message names it
+        return _error(str(exc))
 
 
 def _client(args):

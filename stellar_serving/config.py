@@ -7,6 +7,7 @@ against it). Nothing else in stellar_serving reads os.environ for settings.
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from dataclasses import MISSING, dataclass, field, fields
@@ -39,6 +40,11 @@ def _env(name: str, default, doc: str):
 class ServingConfig:
     grpc_host: str = _env("STELLAR_GRPC_HOST", "0.0.0.0", "address the gRPC server binds")
     grpc_port: int = _env("STELLAR_GRPC_PORT", 50051, "gRPC port (0: any free port)")
+    server_processes: int = _env(
+        "STELLAR_SERVER_PROCESSES", 1,
+        "server processes sharing the gRPC port (SO_REUSEPORT), each with its own model copy, threads and "
+        "limits; a supervisor restarts any that dies and serves their metrics summed (1: one process, no "
+        "supervisor; 0: one per CPU this process may use, within its cgroup CPU quota)")
     metrics_host: str = _env("STELLAR_METRICS_HOST", "0.0.0.0", "address of the Prometheus HTTP endpoint")
     metrics_port: int = _env("STELLAR_METRICS_PORT", 9464, "Prometheus /metrics port (0: any free port, -1: off)")
     tracking_uri: str = _env("MLFLOW_TRACKING_URI", "", "MLflow tracking/registry URI (empty: MLflow's default)")
@@ -155,6 +161,11 @@ class ServingConfig:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # an int for MLflow 3
 
     @property
+    def processes(self) -> int:
+        """How many server processes: STELLAR_SERVER_PROCESSES, 0 resolved to the CPUs this process may use."""
+        return self.server_processes or usable_cpus()
+
+    @property
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert or self.tls_key)
 
@@ -232,9 +243,23 @@ class ServingConfig:
         return {f.name: f.metadata["env"] for f in fields(cls)}
 
 
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may run on, and no more than its cgroup's CPU quota allows (a container's
+    `--cpus`, rounded up): a container sees every CPU of its host in its affinity mask."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file (cgroup v1, not Linux): the affinity mask alone
+        pass
+    return cpus
+
+
 # Field -> (lowest, highest or None) accepted value.
 _LIMITS = {
     "grpc_port": (0, 65535),
+    "server_processes": (0, 64),
     "metrics_port": (-1, 65535),
     "poll_seconds": (0, None),
     "registry_timeout_seconds": (0.001, None),

@@ -40,6 +40,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -69,6 +71,7 @@ from stellar_serving.treeshap import probe_features
 log = logging.getLogger("stellar_serving.model_store")
 
 LAST_GOOD_FILE = "last_good.json"
+CACHE_LOCK_FILE = ".lock"
 REGISTRY_FILE = "registry.json"  # version metadata saved beside a cached bundle
 
 
@@ -323,17 +326,19 @@ class ModelStore:
                     raise
                 (Path(bundle_dir) / REGISTRY_FILE).write_text(json.dumps(meta, indent=2))
                 final = self.cache_root / f"v{version.version}"
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(bundle_dir, final)
+                with self._cache_lock():
+                    if final.exists():
+                        shutil.rmtree(final)
+                    os.replace(bundle_dir, final)
+                    self._write_last_good(final)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            self._write_last_good(final)
             model, compile_job = self._with_predictor(model)
             self._swap(model)
             self._compile_later(compile_job)
             self._count("swapped")
-            self._prune(keep={final.name, f"v{previous.version}" if previous else ""})
+            with self._cache_lock():
+                self._prune(keep={final.name, f"v{previous.version}" if previous else ""})
             return ReloadOutcome(previous, model, True)
 
     # -- cache --------------------------------------------------------------------
@@ -353,6 +358,17 @@ class ModelStore:
         self._compile_later(compile_job)
         log.warning("serving cached model %s v%s", model.name, model.version, extra={"event": "serving_cache"})
         return model
+
+    @contextlib.contextmanager
+    def _cache_lock(self):
+        """Held while the cache's folders and pointer change: the server processes of one
+        host (STELLAR_SERVER_PROCESSES) share the cache, and swap the same version at once."""
+        with open(self.cache_root / CACHE_LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _write_last_good(self, folder: Path) -> None:
         tmp = self.cache_root / (LAST_GOOD_FILE + ".tmp")

@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -39,6 +39,9 @@ from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelStore
 from stellar_serving.servicers import ClassifierServicer, InferenceServicer
 from stellar_api.validation import bounded
+
+if TYPE_CHECKING:
+    from stellar_serving.processes import Peers
 
 log = logging.getLogger("stellar_serving.server")
 
@@ -594,13 +597,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", fields: dict | None = None) -> None:
+    """JSON lines on stderr; `fields` are added to every line (which server process wrote it)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    if fields:
+        handler.addFilter(_Fields(fields))
     root = logging.getLogger("stellar_serving")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class _Fields(logging.Filter):
+    def __init__(self, fields: dict) -> None:
+        super().__init__()
+        self._fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.update(self._fields)
+        return True
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -617,8 +633,10 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 class StellarServer:
-    def __init__(self, config: ServingConfig) -> None:
+    def __init__(self, config: ServingConfig, peers: "Peers | None" = None) -> None:
+        """peers: the other processes sharing the port (stellar_serving.processes); None: the only one."""
         self.config = config
+        self.peers = peers
         self.metrics = ServerMetrics()
         self.store = ModelStore(config, self.metrics)
         self.health = health.HealthServicer()
@@ -660,14 +678,16 @@ class StellarServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_concurrent_streams", config.max_concurrent_rpcs),
-                ("grpc.so_reuseport", 0),
+                # Only processes of one supervisor share a port (it checked the port was free);
+                # otherwise a second server on a busy port fails to start rather than take half its calls.
+                ("grpc.so_reuseport", 1 if peers is not None else 0),
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         # Shared: stellar.v1 and v2 calls are predicted together.
         batcher = MicroBatcher(config.micro_batch_max_rows, observe=self.metrics.booster_rows.observe)
         pb_grpc.add_ClassifierServiceServicer_to_server(
-            ClassifierServicer(self.store, config, self.metrics, batcher), self.server)
+            ClassifierServicer(self.store, config, self.metrics, batcher, peers), self.server)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.store, config, self.metrics, batcher), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -692,15 +712,22 @@ class StellarServer:
 
     def _on_model(self, model: LoadedModel) -> None:
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.peers is not None:
+            self.peers.served(model.version)
 
     def start(self) -> "StellarServer":
-        """Open the ports (health NOT_SERVING), load the champion, then SERVING."""
+        """Open the ports (health NOT_SERVING), load the champion, then SERVING.
+
+        One of several processes loads first: until then its siblings take every connection."""
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+        if self.peers is not None:
+            self.store.start()
         self.server.start()
         log.info("listening", extra={"event": "listening", "grpc_port": self.port, "metrics_port": self.metrics_port,
                                      "tls": self.config.tls_enabled, "auth": bool(self.config.auth_token)})
-        self.store.start()
+        if self.peers is None:
+            self.store.start()
         return self
 
     def stop(self, grace: float | None = None) -> None:
@@ -728,7 +755,13 @@ class StellarServer:
 
 
 def serve_forever(config: ServingConfig) -> int:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit 0."""
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit 0.
+
+    With more than one process (STELLAR_SERVER_PROCESSES), this process supervises them."""
+    if config.processes > 1:
+        from stellar_serving.processes import supervise
+
+        return supervise(config)
     configure_logging(config.log_level)
     server = StellarServer(config)
     stop = threading.Event()

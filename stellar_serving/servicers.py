@@ -18,7 +18,9 @@ import logging
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 import threading
+import time
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -37,6 +39,9 @@ from stellar_serving.config import ServingConfig
 from stellar_serving.metrics import ServerMetrics
 from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, NoChampion, RegistryUnavailable
 from stellar_serving.request_decoder import DecodedObjects
+
+if TYPE_CHECKING:
+    from stellar_serving.processes import Peers
 from stellar_api.validation import (COLOUR_TOLERANCE, OBJECTS_FIELD, SINGLE_OBJECT_FIELD, InvalidInput,
                                         bounded, check_client_id, features_to_inputs, objects_to_inputs)
 
@@ -102,8 +107,9 @@ class _Predicting:
 
 class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
     def __init__(self, store: ModelStore, config: ServingConfig, metrics: ServerMetrics,
-                 batcher: MicroBatcher) -> None:
+                 batcher: MicroBatcher, peers: "Peers | None" = None) -> None:
         super().__init__(store, config, metrics, batcher)
+        self.peers = peers  # the other server processes on this port (stellar_serving.processes), if any
         self.explainer = Explainer(config.compiled_compiler if config.explainer == "auto" else None)
         # Each version's C TreeSHAP is built as it is swapped in, off the request path.
         store.add_listener(self.explainer.prepare)
@@ -181,8 +187,11 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
         # The reload runs on the store's reload thread, shared with every caller
         # that arrives before it reads the alias; this call only waits, within its deadline.
         reload = self.store.request_reload(explicit=True)
+        if self.peers is not None:
+            self.peers.reload()  # every process looks the alias up now, not at its next poll
         remaining = context.time_remaining()
         wait = self.config.reload_timeout_seconds if remaining is None else min(remaining, self.config.reload_timeout_seconds)
+        started = time.monotonic()
         try:
             outcome = reload.result(timeout=max(0.0, wait))
         except FutureTimeout:
@@ -195,6 +204,9 @@ class ClassifierServicer(_Predicting, pb_grpc.ClassifierServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; {self.store.serving_note()}")
         except (NoChampion, ModelRejected) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{exc}; {self.store.serving_note()}")
+        if self.peers is not None:
+            # Answered once every process serves the version, so the caller's next call does, on any connection.
+            self.peers.wait_until_serving(outcome.current.version, max(0.0, wait - (time.monotonic() - started)))
         previous = outcome.previous.version if outcome.previous else ""
         return pb.ReloadModelResponse(previous_version=previous, version=outcome.current.version,
                                       changed=outcome.changed, source=outcome.current.source)
