@@ -51,6 +51,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
+import re
 import shutil
 import signal
 import socket
@@ -734,6 +735,8 @@ def report(args, paths: list, n: int, loads: list[float], metrics_text: str, pre
                   default=None)
     print(f"\n{n} SDSS objects, {args.model_rounds}-round model, {os.cpu_count()} CPUs, {args.rounds} interleaved "
           f"rounds; 1-min load average during the rounds: {min(loads):.1f} .. {max(loads):.1f}")
+    configured = re.search(r'^stellar_server_processes\{state="configured"\} (\S+)$', metrics_text, re.M)
+    print(f"server processes (STELLAR_SERVER_PROCESSES): {int(float(configured.group(1))) if configured else 1}")
     for name, (predictor, note) in predictors.items():
         print(f"{name} predictor (GetModelInfo): {predictor}" + (f" -- {note}" if note else ""))
     print(f"compiled floor: {compiled_how}")
