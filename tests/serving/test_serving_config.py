@@ -38,3 +38,12 @@ def test_tls_files_must_exist(tmp_path):
     with pytest.raises(ValueError) as err:
         ServingConfig.from_env({"STELLAR_TLS_CERT": str(cert), "STELLAR_TLS_KEY": str(tmp_path / "missing.key")})
     assert f"STELLAR_TLS_KEY={str(tmp_path / 'missing.key')!r} is not a file" in str(err.value)
+
+
+def test_serve_refuses_a_bad_setting_in_one_line(monkeypatch, capsys):
+    from stellar_serving import cli
+
+    monkeypatch.setenv("STELLAR_SERVER_PROCESSES", "-1")
+    assert cli.main(["serve"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err == ("error: invalid serving configuration: STELLAR_SERVER_PROCESSES must be at least 0, got -1\n")
