@@ -5,8 +5,11 @@ Python on this machine (a Classification and a three-entry map per object, then
 the serializer), more than reading the request. Every result of one model
 version shares its layout: the predicted-class field, the three map entries and
 the version differ only in one enum byte and twelve float bytes. So the shared
-bytes are laid out once per version, numpy writes the varying bytes of all rows
-at once, and only the client ids are joined row by row: ~0.9 ms for 1,000.
+bytes are laid out once per version and numpy writes the varying bytes of all
+rows at once. When every result's lengths fit in one byte (ASCII client ids of
+up to about 76 characters), numpy also places the ids and the headers: 0.21
+ms for 1,000 results against 0.64 ms joining them row by row, which is kept
+for the rest.
 
 The bytes parse to the message the generated classes build (tests compare the
 two), and the server sends bytes a servicer
@@ -92,15 +95,19 @@ class ResultEncoder:
         self._class_bytes = np.array(class_values, dtype=np.uint8)
         self._version_field = _field(_BATCH_VERSION_KEY, version.encode())
 
-    def results(self, client_ids: Sequence[str], proba: np.ndarray) -> list[bytes]:
-        """Each row of `proba` with its client id, as a length-delimited field 1 (`results`/`result`)."""
+    def _rows(self, proba: np.ndarray) -> np.ndarray:
+        """uint8 [n, layout width]: each row's bytes after its client id."""
         n = len(proba)
-        width = len(self._layout)
-        rows = np.empty((n, width), dtype=np.uint8)
+        rows = np.empty((n, len(self._layout)), dtype=np.uint8)
         rows[:] = self._layout
         rows[:, self._float_columns] = np.ascontiguousarray(proba, dtype="<f4").view(np.uint8).reshape(n, -1)
         rows[:, self._class_offset] = self._class_bytes[proba.argmax(axis=1)]
-        shared = rows.tobytes()
+        return rows
+
+    def results_row_by_row(self, client_ids: Sequence[str], proba: np.ndarray) -> bytes:
+        """Each row of `proba` with its client id, as a length-delimited field 1 (`results`/`result`)."""
+        width = len(self._layout)
+        shared = self._rows(proba).tobytes()
         out = []
         for k, client_id in enumerate(client_ids):
             body = shared[k * width:(k + 1) * width]
@@ -108,18 +115,47 @@ class ResultEncoder:
                 encoded = client_id.encode()
                 body = _CLIENT_ID_KEY + _length(len(encoded)) + encoded + body
             out.append(_RESULTS_KEY + _length(len(body)) + body)
-        return out
+        return b"".join(out)
+
+    def results_at_once(self, client_ids: Sequence[str], proba: np.ndarray) -> bytes | None:
+        """The same bytes as results_row_by_row, built by numpy; None unless every length is one byte
+        (ASCII ids without NUL, each result under 128 bytes) and the two keys are one byte each.
+
+        Each result is laid out in a row of one padded matrix (its key and length, the id's key and
+        length, the id padded to the longest, the layout); the padding is then dropped."""
+        joined = "".join(client_ids)
+        if (not proba.size or not joined.isascii() or "\0" in joined  # numpy's bytes drop trailing NULs
+                or len(_RESULTS_KEY) != 1 or len(_CLIENT_ID_KEY) != 1):
+            return None
+        id_lengths = np.fromiter(map(len, client_ids), dtype=np.int64, count=len(client_ids))
+        has_id = id_lengths > 0  # proto3 leaves an empty string out
+        bodies = np.where(has_id, id_lengths + 2, 0) + len(self._layout)
+        if bodies.max() >= 0x80:
+            return None
+        longest = int(id_lengths.max())
+        padded = np.empty((len(proba), 4 + longest + len(self._layout)), dtype=np.uint8)
+        padded[:, 0] = _RESULTS_KEY[0]
+        padded[:, 1] = bodies
+        padded[:, 2] = _CLIENT_ID_KEY[0]
+        padded[:, 3] = id_lengths
+        if longest:
+            padded[:, 4:4 + longest] = np.array(client_ids, dtype=f"S{longest}").view(np.uint8).reshape(-1, longest)
+        padded[:, 4 + longest:] = self._rows(proba)
+        keep = np.ones(padded.shape, dtype=bool)
+        keep[:, 2:4] = has_id[:, None]
+        keep[:, 4:4 + longest] = np.arange(longest) < id_lengths[:, None]
+        return padded[keep].tobytes()
 
     def batch(self, client_ids: Sequence[str], proba: np.ndarray) -> bytes:
         """A ClassifyBatchResponse (or ClassifyStreamResponse): the results, then the version."""
-        out = self.results(client_ids, proba)
-        out.append(self._version_field)
-        return b"".join(out)
+        results = self.results_at_once(client_ids, proba)
+        if results is None:
+            results = self.results_row_by_row(client_ids, proba)
+        return results + self._version_field
 
     def single(self, client_id: str, proba: np.ndarray) -> bytes:
         """A ClassifyResponse: the one row of `proba` (shape [1, n_classes])."""
-        (result,) = self.results([client_id], proba)
-        return result
+        return self.results_row_by_row([client_id], proba)  # for one row the loop is the quicker
 
 
 @lru_cache(maxsize=16)

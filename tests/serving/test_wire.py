@@ -48,6 +48,37 @@ def test_batch_bytes_are_the_message_built_response(classes, version):
     assert pb.ClassifyStreamResponse.FromString(encoded) == stream
 
 
+@pytest.mark.parametrize("classes", [("GALAXY", "QSO", "STAR"), ("STAR", "GALAXY", "QSO")])
+def test_batch_bytes_built_at_once_are_the_message_built_response(classes):
+    client_ids = ["obj-1", "", "SDSS J123456.78+123456.7", "0", "1237650000000000000", ""]  # ASCII, short
+    proba = probabilities(len(client_ids))
+    encoder = wire.ResultEncoder(classes, [CLASS_ENUM[c] for c in classes], "31")
+    assert encoder.results_at_once(client_ids, proba) is not None  # numpy places every byte
+    expected = reference_results(pb.ClassifyBatchResponse(model_version="31"), client_ids, proba, classes, "31")
+    assert pb.ClassifyBatchResponse.FromString(encoder.batch(client_ids, proba)) == expected
+
+
+def test_results_at_once_are_the_row_by_row_bytes_or_declined():
+    encoder = wire.ResultEncoder(("GALAXY", "QSO", "STAR"), [1, 2, 3], "12")
+    one = probabilities(1)
+    for length in range(0, 130):  # up to the longest id whose result fits a one-byte length, and past it
+        ids = ["7" * length]
+        fits = len(encoder.results_row_by_row(ids, one)) - 2 < 0x80  # its key and length, then its body
+        at_once = encoder.results_at_once(ids, one)
+        assert (at_once is not None) == fits, length
+        assert at_once is None or at_once == encoder.results_row_by_row(ids, one)
+    assert encoder.results_at_once(["étoile"], one) is None  # not ASCII
+    assert encoder.results_at_once(["id\0"], one) is None  # numpy's fixed-width bytes would drop the NUL
+    rng = np.random.default_rng(5)
+    alphabet = np.array(list("abcXYZ0123456789-_.:+ J"))
+    for trial in range(300):
+        n = int(rng.integers(1, 65))
+        ids = ["".join(rng.choice(alphabet, size=int(rng.choice([0, 1, 8, 19, 40, 70])))) for _ in range(n)]
+        proba = probabilities(n, seed=trial)
+        at_once = encoder.results_at_once(ids, proba)
+        assert at_once is not None and at_once == encoder.results_row_by_row(ids, proba), ids
+
+
 def test_every_class_can_be_predicted_and_large_batches_keep_their_order():
     classes = ("GALAXY", "QSO", "STAR")
     proba = probabilities(1000, seed=3)
