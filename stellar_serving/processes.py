@@ -248,6 +248,8 @@ def supervise(config: ServingConfig) -> int:
                 asked["stop"], code = -1, 1
                 break
             time.sleep(min(1.0, 0.1 * 2 ** failures))  # a crash loop does not spin
+            if asked["stop"] is not None:  # asked to stop during the back-off: start nothing
+                break
             workers[index] = start(index, failures)
     if asked["stop"] in (signal.SIGTERM, signal.SIGINT):
         log.info("signal %s: draining %d processes", signal.Signals(asked["stop"]).name, count,
@@ -277,7 +279,8 @@ def _stop_all(workers: list[_Worker], slots: Slots, timeout: float) -> int:
             worker.process.kill()
             worker.process.join()
         slots.joined[index] = 0
-        if worker.process.exitcode != 0:
+        # -SIGTERM: a process still starting when asked to stop, before its handler was in place.
+        if worker.process.exitcode not in (0, -signal.SIGTERM):
             code = 1
     return code
 

@@ -241,6 +241,18 @@ def test_a_dead_process_is_replaced_and_sigterm_drains_every_process(supervisor,
         == [0, 1]
 
 
+def test_sigterm_while_the_processes_start_is_a_clean_stop(supervisor):
+    server = supervisor()
+    deadline = time.monotonic() + 30
+    while len(server.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.events("worker_exited")  # still importing: none has installed its handlers yet
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0  # stopped as asked: not a failure
+    assert not any(_alive(pid) for pid in server.worker_pids().values())
+    assert not server.events("worker_exited") and not server.events("worker_started")[2:]  # none restarted
+
+
 def test_the_processes_end_with_a_killed_supervisor(supervisor):
     server = supervisor()
     server.wait_until_answering()
