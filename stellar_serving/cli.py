@@ -166,7 +166,12 @@ def _serve(args) -> int:
     overrides = {k: v for k, v in (("grpc_host", args.host), ("grpc_port", args.port),
                                    ("metrics_port", args.metrics_port)) if v is not None}
     try:
-        return serve_forever(ServingConfig.from_env(**overrides))
+        config = ServingConfig.from_env(**overrides)
+        if config.processes > 1:  # a supervisor of several server processes on the one port
+            from stellar_serving.processes import supervise
+
+            return supervise(config)
+        return serve_forever(config)
     except (ValueError, OSError) as exc:  # a refused setting, or a port that cannot be bound: the message names it
         return _error(str(exc))
 

@@ -41,7 +41,7 @@ from stellar_serving.servicers import ClassifierServicer, InferenceServicer
 from stellar_api.validation import bounded
 
 if TYPE_CHECKING:
-    from stellar_serving.processes import Peers
+    from stellar_serving.peers import Peers
 
 log = logging.getLogger("stellar_serving.server")
 
@@ -755,13 +755,8 @@ class StellarServer:
 
 
 def serve_forever(config: ServingConfig) -> int:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit 0.
-
-    With more than one process (STELLAR_SERVER_PROCESSES), this process supervises them."""
-    if config.processes > 1:
-        from stellar_serving.processes import supervise
-
-        return supervise(config)
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and exit 0 (one process; several:
+    stellar_serving.processes.supervise)."""
     configure_logging(config.log_level)
     server = StellarServer(config)
     stop = threading.Event()

@@ -41,7 +41,7 @@ from stellar_serving.model_store import LoadedModel, ModelRejected, ModelStore, 
 from stellar_serving.request_decoder import DecodedObjects
 
 if TYPE_CHECKING:
-    from stellar_serving.processes import Peers
+    from stellar_serving.peers import Peers
 from stellar_api.validation import (COLOUR_TOLERANCE, OBJECTS_FIELD, SINGLE_OBJECT_FIELD, InvalidInput,
                                         bounded, check_client_id, features_to_inputs, objects_to_inputs)
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stellar_api._generated.stellar.v1 import classifier_pb2 as pb
 from stellar_api._generated.stellar.v1 import classifier_pb2_grpc as pb_grpc
-from stellar_serving import cli, processes
+from stellar_serving import cli, peers, processes
 from stellar_serving.config import ServingConfig, usable_cpus
 from stellar_serving.metrics import ServerMetrics, SummedProcesses
 from tests.support import free_port
@@ -360,8 +360,8 @@ def test_summed_metrics_add_counters_and_histograms_and_keep_gauges_per_process(
 
 
 def test_peers_wait_until_every_joined_process_serves_the_version():
-    slots = processes.Slots(multiprocessing.get_context("spawn"), 3)
-    me = processes.Peers(0, slots, os.getpid())
+    slots = peers.Slots(multiprocessing.get_context("spawn"), 3)
+    me = peers.Peers(0, slots, os.getpid())
     me.served("7")
     slots.joined[0] = slots.joined[1] = 1
     slots.version[1] = 6
@@ -369,4 +369,4 @@ def test_peers_wait_until_every_joined_process_serves_the_version():
     assert not me.wait_until_serving("7", timeout=0.05)
     slots.version[1] = 7
     assert me.wait_until_serving("7", timeout=0.05)
-    assert processes.version_number("12") == 12 and processes.version_number("v2") == processes.NO_VERSION
+    assert peers.version_number("12") == 12 and peers.version_number("v2") == peers.NO_VERSION
